@@ -1,0 +1,41 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+# CPU wheel on this class of machine; users with GPUs install torch their own way first.
+TORCH_SPEC ?= torch==2.13.0
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
+
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+# pip's index warnings about this machine's local mirrors are noise; errors still show.
+QUIET := 2>&1 | { grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' || true; }
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(VENV)/.done
+
+# torch first (so nothing pulls a CUDA build), then deepspeed without build isolation
+# (its setup.py imports torch), then the project with its dev extras.
+$(VENV)/.done: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel $(QUIET)
+	$(BIN)/pip install -q $(TORCH_SPEC) $(QUIET)
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation $(DEEPSPEED_SPEC) "transformers>=4.40" $(QUIET)
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev]" $(QUIET)
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not slow and not slurm" $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/shg demo --out runs/demo
+
+bench: setup
+	$(BIN)/python bench/data.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

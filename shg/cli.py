@@ -1,0 +1,151 @@
+"""The `shg` command line. Subcommands import their heavy modules lazily so `shg --help` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthOptions, synthesize
+
+    counts = synthesize(SynthOptions(out=args.out, train=args.train, val=args.val,
+                                     seed=args.seed, max_people=args.max_people))
+    for split, c in counts.items():
+        print(f"{split}: {c['images']} images, {c['persons']} persons -> {args.out}/{split}")
+    return 0
+
+
+def _print_skips(entry_or_summary: dict, name: str) -> None:
+    skipped = entry_or_summary.get("skipped") or {}
+    filtered = entry_or_summary.get("filtered") or {}
+    dropped = entry_or_summary.get("dropped_keypoints") or {}
+    if filtered:
+        print(f"  {name} not eligible: " + ", ".join(f"{k}={v}" for k, v in filtered.items()))
+    if dropped:
+        print(f"  {name} keypoints dropped: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
+    if skipped:
+        print(f"  {name} SKIPPED persons (bad input): "
+              + ", ".join(f"{k}={v}" for k, v in skipped.items()))
+
+
+def _cmd_shards_build(args: argparse.Namespace) -> int:
+    from shards.build import BuildOptions, build
+
+    summary = build(BuildOptions(
+        coco_root=args.coco, split=args.split, out=args.out, shard_size=args.shard_size,
+        workers=args.workers, task_index=args.task_index, num_tasks=args.num_tasks,
+        min_keypoints=args.min_keypoints, strict=args.strict, progress=not args.quiet,
+        png_level=args.png_level))
+    print(f"{summary['split']}: task {summary['task_index']}/{summary['num_tasks']}: "
+          f"{summary['shards_built']} shards, {summary['crops_written']} crops in "
+          f"{summary['seconds']} s ({summary['crops_per_second']} crops/s)")
+    if summary["skipped_this_task"]:
+        print("  skipped in this task: " + ", ".join(
+            f"{k}={v}" for k, v in summary["skipped_this_task"].items())
+            + f" (first: {summary['first_offender']})")
+    if "manifest" in summary:
+        m = summary["manifest"]
+        print(f"  manifest: {m['num_samples']} samples in {len(m['shards'])} shards, "
+              f"mean RGB {m['mean_rgb']}")
+        _print_skips(m, args.split)
+    else:
+        print(f"  run `shg shards finalize {args.out} --split {args.split}` once all tasks end")
+    return 0
+
+
+def _cmd_shards_finalize(args: argparse.Namespace) -> int:
+    from shards.build import finalize
+
+    m = finalize(args.dir, args.split)
+    print(f"{args.split}: {m['num_samples']} samples in {len(m['shards'])} shards, "
+          f"mean RGB {m['mean_rgb']}")
+    _print_skips(m, args.split)
+    return 0
+
+
+def _cmd_shards_info(args: argparse.Namespace) -> int:
+    from shards.build import read_manifest
+
+    manifest = read_manifest(args.dir)
+    if args.json:
+        print(json.dumps(manifest, indent=1))
+        return 0
+    for split, m in manifest["splits"].items():
+        print(f"{split}: {m['num_samples']} samples, {len(m['shards'])} shards, "
+              f"mean RGB {m['mean_rgb']}, source {m['source']['annotation_file']}")
+        _print_skips(m, split)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, args.train, args.val)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shg", description="Stacked Hourglass pose estimation toolkit (COCO keypoints).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic COCO-format people dataset")
+    p.add_argument("--out", required=True, help="output root (annotations/, train2017/, val2017/)")
+    p.add_argument("--train", type=int, default=600, help="training images (default 600)")
+    p.add_argument("--val", type=int, default=120, help="validation images (default 120)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-people", type=int, default=3, help="people per image, at most")
+    p.set_defaults(func=_cmd_synth)
+
+    shards = sub.add_parser("shards", help="build and inspect WebDataset crop shards")
+    ssub = shards.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("build", help="crop persons of a COCO split into tar shards")
+    p.add_argument("--coco", required=True, help="COCO root holding annotations/ and SPLIT/")
+    p.add_argument("--split", required=True, help="e.g. train2017 or val2017")
+    p.add_argument("--out", required=True, help="shard directory (shared by splits)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine")
+    p.add_argument("--task-index", type=int, default=0, help="this task (Slurm array index)")
+    p.add_argument("--num-tasks", type=int, default=1, help="tasks sharing the build")
+    p.add_argument("--min-keypoints", type=int, default=1,
+                   help="persons with fewer labelled keypoints are not used")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on the first bad input instead of counting it as skipped")
+    p.add_argument("--png-level", type=int, default=1,
+                   help="zlib level 0-9 of the stored PNGs (0: ~2x disk, fastest reading)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_shards_build)
+    p = ssub.add_parser("finalize", help="merge per-task statistics into manifest.json")
+    p.add_argument("dir")
+    p.add_argument("--split", required=True)
+    p.set_defaults(func=_cmd_shards_finalize)
+    p = ssub.add_parser("info", help="summarise a shard directory's manifest")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true", help="print the whole manifest")
+    p.set_defaults(func=_cmd_shards_info)
+    p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (make demo)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--train", type=int, default=600, help="synthetic training images")
+    p.add_argument("--val", type=int, default=100, help="synthetic validation images")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from shards.coco import DataError
+
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"shg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shards.build import BuildOptions, StrictError, build, finalize, read_manifest
+from shards.coco import DataError, eligible_count, load_coco
+from shards.crop import to_image
+from shards.reader import EvalStream, read_shard
+from shg.cli import main as shg_main
+
+
+def _opts(root, split, out, **kw):
+    return BuildOptions(coco_root=str(root), split=split, out=str(out), progress=False, **kw)
+
+
+def _read_all(out, split):
+    m = read_manifest(out)["splits"][split]
+    samples = []
+    for s in m["shards"]:
+        samples += list(read_shard(out / s["file"], s["num_samples"]))
+    return m, samples
+
+
+@pytest.mark.parametrize("split", ["val2017", "train2017"])
+def test_real_coco_counts_and_affine(coco_sample, tmp_path, split):
+    summary = build(_opts(coco_sample, split, tmp_path, shard_size=25), log=lambda *a: None)
+    coco, _ = load_coco(coco_sample / "annotations" / f"person_keypoints_{split}.json")
+    expected = eligible_count(coco)
+    m, samples = _read_all(tmp_path, split)
+    assert m["num_samples"] == expected == len(samples) == summary["crops_written"]
+    assert m["skipped"] == {}  # the real sample is clean
+    assert len(m["shards"]) == -(-expected // 25)
+    assert len({s["__key__"] for s in samples}) == expected
+    worst = 0.0
+    for s in samples:
+        meta = json.loads(s["json"])
+        assert "." not in s["__key__"]
+        assert Image.open(__import__("io").BytesIO(s["png"])).size == (256, 256)
+        ann = coco.anns[meta["ann_id"]]
+        orig = np.asarray(ann["keypoints"], dtype=float).reshape(17, 3)
+        kps = np.asarray(meta["keypoints"])
+        lab = kps[:, 2] > 0
+        assert (lab == (orig[:, 2] > 0)).all()
+        back = to_image(kps[lab, :2], meta["affine"])
+        worst = max(worst, float(np.abs(back - orig[lab, :2]).max(initial=0)))
+        assert meta["image_size"] == [coco.imgs[meta["image_id"]]["width"],
+                                      coco.imgs[meta["image_id"]]["height"]]
+    assert worst <= 0.5
+    mean = np.asarray(m["mean_rgb"])
+    assert ((mean > 30) & (mean < 220)).all()
+
+
+def test_synth_shards_and_resume(synth_root, tmp_path):
+    build(_opts(synth_root, "train2017", tmp_path, shard_size=16), log=lambda *a: None)
+    first = read_manifest(tmp_path)["splits"]["train2017"]
+    victim = tmp_path / first["shards"][1]["file"]
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")}
+    victim.unlink()
+    logs = []
+    summary = build(_opts(synth_root, "train2017", tmp_path, shard_size=16), log=logs.append)
+    assert summary["shards_built"] == 1 and "already complete" in logs[0]
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")}
+    assert {k for k in after if after[k] != before.get(k)} == {victim.name}
+    again = read_manifest(tmp_path)["splits"]["train2017"]
+    assert again["num_samples"] == first["num_samples"] and again["mean_rgb"] == first["mean_rgb"]
+    with pytest.raises(DataError, match="other annotations or settings"):
+        build(_opts(synth_root, "train2017", tmp_path, shard_size=7), log=lambda *a: None)
+
+
+def test_task_split_merges_to_the_single_task_result(synth_root, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    build(_opts(synth_root, "train2017", single, shard_size=10), log=lambda *a: None)
+    for i in range(3):
+        s = build(_opts(synth_root, "train2017", multi, shard_size=10, task_index=i, num_tasks=3),
+                  log=lambda *a: None)
+        assert "manifest" not in s
+        if i == 0:
+            with pytest.raises(DataError, match="incomplete"):
+                finalize(multi, "train2017")
+    merged = finalize(multi, "train2017")
+    ref = read_manifest(single)["splits"]["train2017"]
+    assert merged["num_samples"] == ref["num_samples"]
+    assert merged["shards"] == ref["shards"]
+    assert np.allclose(merged["mean_rgb"], ref["mean_rgb"], atol=1e-3)
+    keys_single = sorted(s["__key__"] for s in _read_all(single, "train2017")[1])
+    keys_multi = sorted(s["__key__"] for s in _read_all(multi, "train2017")[1])
+    assert keys_single == keys_multi
+
+
+def test_workers_give_the_same_shards(synth_root, tmp_path):
+    build(_opts(synth_root, "val2017", tmp_path / "a", shard_size=8), log=lambda *a: None)
+    build(_opts(synth_root, "val2017", tmp_path / "b", shard_size=8, workers=2),
+          log=lambda *a: None)
+    a, b = _read_all(tmp_path / "a", "val2017")[1], _read_all(tmp_path / "b", "val2017")[1]
+    assert [s["__key__"] for s in a] == [s["__key__"] for s in b]
+    assert all(x["png"] == y["png"] and x["json"] == y["json"] for x, y in zip(a, b))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _person(image_id, ann_id, bbox, kps=None, **extra):
+    if kps is None:
+        kps = [0] * 51
+        x, y, w, h = bbox
+        kps[0:3] = [x + w / 2, y + h / 4, 2]  # one labelled keypoint inside the bbox
+    return {"id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": 0, "bbox": bbox,
+            "keypoints": kps, "num_keypoints": sum(1 for v in kps[2::3] if v > 0),
+            "area": 100.0, **extra}
+
+
+@pytest.fixture
+def bad_coco(tmp_path):
+    root = tmp_path / "bad"
+    (root / "annotations").mkdir(parents=True)
+    img_dir = root / "val2017"
+    img_dir.mkdir()
+    rng = np.random.default_rng(0)
+
+    def rgb(w=160, h=120):
+        return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+    images, anns = [], []
+
+    def add(image_id, name, persons, w=160, h=120):
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+        anns.extend(persons)
+
+    rgb().save(img_dir / "ok.jpg")
+    add(1, "ok.jpg", [_person(1, 11, [20, 10, 40, 80]),
+                      _person(1, 12, [0, 0, 0, 50]),                       # zero width
+                      _person(1, 13, [10, 10, -5, 20]),                    # negative
+                      _person(1, 14, [130, 90, 60, 60], kps=[140, 100, 2] + [0] * 48),  # partly out
+                      _person(1, 15, [500, 500, 10, 10], kps=[0] * 51),    # wholly outside
+                      _person(1, 16, [30, 30, 20, 20], kps=[0] * 51),      # no keypoint
+                      _person(1, 17, [30, 30, 20, 20], iscrowd=1)])
+    kps = [0] * 51
+    kps[0:3] = [50, 50, 2]
+    kps[3:6] = [-4, 50, 2]     # outside the image: dropped, person kept
+    kps[6:9] = [50, 400, 1]    # outside the image: dropped
+    add(2, "ok2.jpg", [_person(2, 21, [30, 30, 40, 40], kps=kps)])
+    rgb().save(img_dir / "ok2.jpg")
+    add(3, "missing.jpg", [_person(3, 31, [20, 10, 40, 80])])
+    data = (img_dir / "ok.jpg").read_bytes()
+    (img_dir / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    add(4, "truncated.jpg", [_person(4, 41, [20, 10, 40, 80])])
+    (img_dir / "garbage.jpg").write_bytes(b"not an image at all")
+    add(5, "garbage.jpg", [_person(5, 51, [20, 10, 40, 80])])
+    rgb().convert("L").save(img_dir / "gray.jpg")
+    add(6, "gray.jpg", [_person(6, 61, [20, 10, 40, 80])])
+    rgb().convert("CMYK").save(img_dir / "cmyk.jpg")
+    add(7, "cmyk.jpg", [_person(7, 71, [20, 10, 40, 80])])
+    rgb().convert("RGBA").save(img_dir / "rgba.png")
+    add(8, "rgba.png", [_person(8, 81, [20, 10, 40, 80])])
+    rgb(100, 100).save(img_dir / "small.jpg")
+    add(9, "small.jpg", [_person(9, 91, [20, 10, 40, 80])])  # json says 160x120
+    anns.append({"id": 99, "image_id": 1, "bbox": [1, 2, 3, 4]})  # no keypoints field
+    (root / "annotations" / "person_keypoints_val2017.json").write_text(
+        json.dumps({"images": images, "annotations": anns,
+                    "categories": [{"id": 1, "name": "person"}]}))
+    return root
+
+
+def test_bad_input_is_counted_by_reason(bad_coco, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert shg_main(["shards", "build", "--coco", str(bad_coco), "--split", "val2017",
+                     "--out", str(out), "--quiet"]) == 0
+    m = read_manifest(out)["splits"]["val2017"]
+    assert m["skipped"] == {"malformed_annotation": 1, "bad_bbox": 2, "bbox_outside_image": 1,
+                            "missing_image": 1, "corrupt_image": 2, "size_mismatch": 1}
+    assert m["filtered"] == {"iscrowd": 1, "too_few_keypoints": 1}
+    assert m["dropped_keypoints"] == {"outside_image": 2}
+    # Readable: ok(11, 14), ok2(21), gray, cmyk, rgba
+    m2, samples = _read_all(out, "val2017")
+    keys = sorted(s["__key__"] for s in samples)
+    assert keys == ["1_11", "1_14", "2_21", "6_61", "7_71", "8_81"]
+    for s in samples:
+        assert Image.open(__import__("io").BytesIO(s["png"])).mode == "RGB"
+        if s["__key__"] == "2_21":
+            assert json.loads(s["json"])["num_keypoints"] == 1
+    printed = capsys.readouterr().out
+    assert "SKIPPED" in printed and "corrupt_image=2" in printed
+    assert not list(out.glob("*.tmp")) and not list(out.glob("*.tar.tmp"))
+
+
+def test_strict_names_the_first_offender(bad_coco, tmp_path, capsys):
+    code = shg_main(["shards", "build", "--coco", str(bad_coco), "--split", "val2017",
+                     "--out", str(tmp_path / "o"), "--strict", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--strict" in err and "person_keypoints_val2017.json" in err
+    assert not list((tmp_path / "o").glob("*.tar*"))
+
+
+def test_strict_on_image_errors_leaves_no_partial_shard(bad_coco, tmp_path):
+    ann = bad_coco / "annotations" / "person_keypoints_val2017.json"
+    data = json.loads(ann.read_text())
+    data["annotations"] = [a for a in data["annotations"]
+                           if a["id"] in (11, 14, 21, 31)]  # only the missing image is bad
+    ann.write_text(json.dumps(data))
+    with pytest.raises(StrictError, match="missing.jpg"):
+        build(_opts(bad_coco, "val2017", tmp_path / "o", strict=True), log=lambda *a: None)
+    assert not list((tmp_path / "o").glob("*.tar*"))
+
+
+def test_malformed_json_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "person_keypoints_val2017.json").write_text('{"images": [')
+    code = shg_main(["shards", "build", "--coco", str(tmp_path), "--split", "val2017",
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "person_keypoints_val2017.json" in err and "not valid JSON" in err
+    code = shg_main(["shards", "build", "--coco", str(tmp_path / "nope"), "--split", "val2017",
+                     "--out", str(tmp_path / "o")])
+    assert code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_truncated_shard_is_named(synth_shards, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(synth_shards, work)
+    m = read_manifest(work)["splits"]["val2017"]
+    tar = work / m["shards"][0]["file"]
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    with pytest.raises(DataError, match=tar.name):
+        list(EvalStream(work, "val2017", 4, rank=0, world=1))
+    with pytest.warns(UserWarning, match=tar.name):
+        got = sum(len(b["key"]) for b in EvalStream(work, "val2017", 4, rank=0, world=1,
+                                                     on_error="warn"))
+    assert 0 < got < m["num_samples"]
