@@ -79,6 +79,49 @@ def _cmd_shards_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    forwarded = (["--config", args.config] if args.config else []) + list(args.overrides)
+    if args.resume:
+        forwarded.append(f"checkpoint.resume={args.resume}")
+    if args.nproc > 1:
+        # One process per CPU slot/GPU through torchrun (Accelerate reads its environment).
+        import torch
+
+        env = dict(os.environ, SHG_EXPECT_PROCESSES=str(args.nproc))
+        if not torch.cuda.is_available():
+            env["ACCELERATE_USE_CPU"] = "true"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc}", "-m", "shg.train", *forwarded]
+        return subprocess.call(cmd, env=env)
+    from .train import main as train_main
+
+    return train_main(forwarded)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.run, args.out, step=args.step)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .model import StackedHourglass, count_parameters, forward_flops
+
+    model = StackedHourglass(args.stacks, args.features, args.joints)
+    flops = forward_flops(model, args.size)
+    print(f"StackedHourglass(stacks={args.stacks}, features={args.features}, "
+          f"joints={args.joints})")
+    print(f"  parameters: {count_parameters(model):,}")
+    print(f"  forward: {flops / 1e9:.2f} GFLOPs per {args.size}x{args.size} image "
+          f"(training step ~{3 * flops / 1e9:.1f} GFLOPs per image)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -124,6 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--json", action="store_true", help="print the whole manifest")
     p.set_defaults(func=_cmd_shards_info)
+    p = sub.add_parser("train", help="train a Stacked Hourglass (Accelerate; DDP/DeepSpeed)")
+    p.add_argument("--config", help="TOML config, e.g. configs/tiny.toml")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (launched through torchrun)")
+    p.add_argument("--resume", choices=["auto", "none"],
+                   help="auto (default): continue from the newest checkpoint; none: start over")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="write a run's weights as plain safetensors")
+    p.add_argument("--run", required=True, help="run directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--best", action="store_true", help="the best-by-PCK model (default)")
+    g.add_argument("--step", type=int, help="the checkpoint of this step")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("info", help="parameters and FLOPs of an SHG")
+    p.add_argument("--stacks", type=int, default=8)
+    p.add_argument("--features", type=int, default=256)
+    p.add_argument("--joints", type=int, default=17)
+    p.add_argument("--size", type=int, default=256, help="input side in pixels")
+    p.set_defaults(func=_cmd_info)
+
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (make demo)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--train", type=int, default=600, help="synthetic training images")
@@ -139,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"shg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

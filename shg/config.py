@@ -1,0 +1,272 @@
+"""Training configuration: nested dataclasses read from TOML, with `section.key=value` overrides.
+
+Every field is documented where it is declared; `__post_init__` checks values. An unknown key is
+an error that lists the valid ones. The resolved configuration is written to RUN/config.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _choice(name: str, value, options) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {list(options)}, not {value!r}")
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""
+    """Shard directory holding manifest.json (from `shg shards build`)."""
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    num_workers: int = 2
+    """Loader processes per training process (0 = load in the training process)."""
+    shuffle_buffer: int = 256
+    """Samples held in each loader worker's shuffle buffer."""
+    sigma: float = 1.0
+    """Target Gaussian's standard deviation in heatmap cells."""
+    rotate_deg: float = 30.0
+    scale_min: float = 0.75
+    scale_max: float = 1.25
+    flip_prob: float = 0.5
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers must be >= 0")
+        if self.shuffle_buffer < 1:
+            raise ConfigError("data.shuffle_buffer must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    stacks: int = 8
+    """Number of stacked hourglasses (Newell: 8)."""
+    features: int = 256
+    """Channels F inside the hourglasses (Newell: 256)."""
+    joints: int = 17
+    init: str = "xavier_normal"
+    """"xavier_normal" (Glorot normal, the thesis) or "default" (PyTorch's)."""
+    channels_last: bool = True
+    """NHWC memory format (faster convolutions on CPU and tensor cores)."""
+
+    def __post_init__(self) -> None:
+        if self.stacks < 1 or self.features < 2 or self.features % 2 or self.joints < 1:
+            raise ConfigError("model: need stacks >= 1, even features >= 2, joints >= 1")
+        _choice("model.init", self.init, ("xavier_normal", "default"))
+
+
+@dataclass
+class OptimConfig:
+    name: str = "rmsprop"
+    """"rmsprop" (Newell), "sgd" (with momentum) or "adam"."""
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    """SGD momentum (ignored by RMSProp and Adam)."""
+    weight_decay: float = 0.0
+    schedule: str = "step"
+    """"step" (multiply by gamma at each milestone), "cosine" or "constant"."""
+    milestones: list[float] = field(default_factory=lambda: [0.75, 0.9])
+    """Step schedule's milestones as fractions of train.max_steps."""
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many optimizer steps."""
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("rmsprop", "sgd", "adam"))
+        _choice("optim.schedule", self.schedule, ("step", "cosine", "constant"))
+        if self.lr <= 0:
+            raise ConfigError("optim.lr must be > 0")
+        if any(not 0 < m <= 1 for m in self.milestones):
+            raise ConfigError("optim.milestones are fractions of max_steps in (0, 1]")
+        if self.warmup_steps < 0:
+            raise ConfigError("optim.warmup_steps must be >= 0")
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 16
+    """Samples per process per micro-step (the global batch is x processes x grad_accum)."""
+    max_steps: int = 1000
+    """Optimizer steps in the whole run."""
+    seed: int = 0
+    grad_accum: int = 1
+    clip_grad: float = 0.0
+    """Clip the gradient norm to this value (0 = off)."""
+    log_every: int = 10
+    compile: bool = False
+    """torch.compile the model (first steps slower, later ones faster)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: bit-exact reruns and resumes (slower on GPU)."""
+    init_from: str = ""
+    """Start from the weights of a checkpoint or .safetensors (fresh optimizer, step 0)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_steps", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1")
+        if self.clip_grad < 0:
+            raise ConfigError("train.clip_grad must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 500
+    """Validate (val loss and PCK) every this many steps, and at the end."""
+    batch_size: int = 32
+    max_samples: int = 0
+    """Validate on the first N samples only (0 = the whole split)."""
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5])
+    select: str = "constant@0.5"
+    """The PCK that chooses best/: "constant@T" (thesis) or "bbox@T"; never the val loss."""
+    early_stop_patience: int = 0
+    """Stop after this many validations without a better PCK (0 = never, as the thesis)."""
+
+    def __post_init__(self) -> None:
+        norm, _, thr = self.select.partition("@")
+        if norm not in ("constant", "bbox") or not thr:
+            raise ConfigError('eval.select must look like "constant@0.5" or "bbox@0.2"')
+        try:
+            float(thr)
+        except ValueError:
+            raise ConfigError(f"eval.select threshold {thr!r} is not a number") from None
+        if self.every_steps < 1 or self.batch_size < 1:
+            raise ConfigError("eval.every_steps and eval.batch_size must be >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    """Save RUN/checkpoints/step-N every this many steps (and at the end)."""
+    keep: int = 2
+    """Newest complete checkpoints kept (>= 2; best/ is kept apart)."""
+    resume: str = "auto"
+    """"auto" (newest complete checkpoint if any), "none" (start over) or a checkpoint path."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 1:
+            raise ConfigError("checkpoint.every_steps must be >= 1")
+        if self.keep < 2:
+            raise ConfigError("checkpoint.keep must be >= 2 (a crash while saving must leave "
+                              "a complete one)")
+
+
+@dataclass
+class DistributedConfig:
+    deepspeed_config: str = ""
+    """DeepSpeed JSON (configs/deepspeed_zero{1,2}.json); empty = plain DDP."""
+    batchnorm: str = "auto"
+    """"sync" (SyncBatchNorm, CUDA only), "rank0" (per-rank BN, rank 0's running statistics
+    broadcast before every validation and save), or "auto" (sync on multi-GPU, else rank0)."""
+    timeout_s: int = 1800
+
+    def __post_init__(self) -> None:
+        _choice("distributed.batchnorm", self.batchnorm, ("auto", "sync", "rank0"))
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/shg"
+    """Everything of a run goes here: config.toml, checkpoints/, best/, metrics.jsonl, tb/."""
+    mixed_precision: str = "no"
+    """"no", "bf16" (autocast; fp32 weights) or "fp16" (CUDA only, with a grad scaler)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def __post_init__(self) -> None:
+        _choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _coerce(name: str, value, kind):
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} is a section; give it as [{name}] or {name}.key=value")
+        return _build(kind, value, name + ".")
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, not {value!r}")
+        return [_coerce(f"{name}[]", v, item) for v in value]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and (type(value) is not kind):
+        raise ConfigError(f"{name} must be {kind.__name__}, not {value!r}")
+    return value
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; valid keys"
+                          f"{' in [' + prefix[:-1] + ']' if prefix else ''}: "
+                          + ", ".join(names))
+    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string: run_dir=runs/x
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not section.key=value")
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = _parse_value(text.strip())
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig):
+    values: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    values = apply_overrides(values, list(overrides))
+    try:
+        return _build(cls, values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_toml(cfg) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(cfg))

@@ -1,0 +1,83 @@
+"""PCK and friends.
+
+`pck(pred, gt, visible, norm, thresholds)`: a joint counts as correct when its distance is
+strictly below threshold x norm of its instance. Invisible joints and instances with norm <= 0
+are left out. Normalisations (each returns the per-instance `norm`):
+
+- constant: the thesis's fixed length, one tenth of the crop side: 25.6 px in a 256 crop
+  (= 6.4 cells of the 64x64 heatmap). A fixed length suits the thesis's crops, which all show the
+  person at the same scale (the bbox fills ~91 % of the crop side), so a constant in crop pixels
+  is a constant fraction of the person; PCK@0.5 then means "within 12.8 crop px (3.2 cells)".
+- bbox: max(w, h) of the person box (in the same pixels as the predictions).
+- torso: shoulder-hip distance (the longer of the two diagonals; falls back to one side, then to
+  NaN -> left out, when the joints are missing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shards.keypoints import LEFT_HIP, LEFT_SHOULDER, RIGHT_HIP, RIGHT_SHOULDER
+
+CONSTANT_FRACTION = 0.1
+
+
+@dataclass
+class PCKResult:
+    thresholds: np.ndarray   # (T,)
+    per_joint: np.ndarray    # (T, K), NaN where a joint has no valid instance
+    mean: np.ndarray         # (T,) macro: mean over joints with any valid instance
+    micro: np.ndarray        # (T,) over all valid joint instances
+    count: np.ndarray        # (K,) valid instances per joint
+
+    def at(self, threshold: float) -> float:
+        i = int(np.argmin(np.abs(self.thresholds - threshold)))
+        return float(self.mean[i])
+
+
+def pck(pred, gt, visible, norm, thresholds) -> PCKResult:
+    pred, gt = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
+    visible = np.asarray(visible, dtype=bool)
+    norm = np.asarray(norm, dtype=np.float64)
+    thr = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    valid = visible & (np.nan_to_num(norm, nan=0.0) > 0)[:, None]           # (N, K)
+    dist = np.linalg.norm(pred - gt, axis=-1)                                # (N, K)
+    safe_norm = np.where(norm > 0, norm, 1.0)[:, None]
+    correct = dist[None] < thr[:, None, None] * safe_norm[None]              # (T, N, K)
+    correct &= valid[None]
+    count = valid.sum(0)                                                     # (K,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_joint = correct.sum(1) / np.where(count > 0, count, np.nan)      # (T, K)
+        total = valid.sum()
+        micro = correct.sum((1, 2)) / total if total else np.full(len(thr), np.nan)
+    has = count > 0
+    mean = per_joint[:, has].mean(1) if has.any() else np.full(len(thr), np.nan)
+    return PCKResult(thr, per_joint, mean, micro, count)
+
+
+def constant_norm(n: int, crop_size: float = 256.0) -> np.ndarray:
+    return np.full(n, CONSTANT_FRACTION * crop_size)
+
+
+def bbox_norm(boxes_wh) -> np.ndarray:
+    boxes_wh = np.asarray(boxes_wh, dtype=np.float64)
+    return boxes_wh.max(-1)
+
+
+def torso_norm(gt, visible) -> np.ndarray:
+    gt = np.asarray(gt, dtype=np.float64)
+    visible = np.asarray(visible, dtype=bool)
+    out = np.full(len(gt), np.nan)
+    pairs = ((LEFT_SHOULDER, RIGHT_HIP), (RIGHT_SHOULDER, LEFT_HIP),
+             (LEFT_SHOULDER, LEFT_HIP), (RIGHT_SHOULDER, RIGHT_HIP))
+    for i in range(len(gt)):
+        lengths = [np.linalg.norm(gt[i, a] - gt[i, b]) for a, b in pairs[:2]
+                   if visible[i, a] and visible[i, b]]
+        if not lengths:  # fall back to a side of the torso
+            lengths = [np.linalg.norm(gt[i, a] - gt[i, b]) for a, b in pairs[2:]
+                       if visible[i, a] and visible[i, b]]
+        if lengths:
+            out[i] = max(lengths)
+    return out

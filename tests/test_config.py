@@ -1,0 +1,49 @@
+import pytest
+
+from shg.config import ConfigError, TrainConfig, dump_toml, load_config
+
+
+def test_required_keys_exist_and_overrides_coerce(tmp_path):
+    cfg = load_config("configs/tiny.toml", ["model.stacks=3", "train.max_steps=7",
+                                            "run_dir=runs/x", "optim.lr=1", "mixed_precision=bf16",
+                                            "eval.thresholds=[0.1, 0.2]"])
+    assert cfg.model.stacks == 3 and cfg.train.max_steps == 7 and cfg.run_dir == "runs/x"
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.mixed_precision == "bf16" and cfg.eval.thresholds == [0.1, 0.2]
+    for key in ("data.shards", "model.features", "train.batch_size", "train.seed",
+                "checkpoint.every_steps"):
+        section, name = key.split(".")
+        assert hasattr(getattr(cfg, section), name)
+    again = tmp_path / "c.toml"
+    again.write_text(dump_toml(cfg))
+    assert load_config(again) == cfg
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown key model\.stack;.*stacks, features"):
+        load_config(None, ["model.stack=3"])
+    with pytest.raises(ConfigError, match="unknown key bogus; valid keys: run_dir"):
+        load_config(None, ["bogus=1"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.batch_size=0", "batch_size must be >= 1"),
+    ("mixed_precision=fp8", "mixed_precision must be one of"),
+    ("model.stacks=two", "model.stacks must be int"),
+    ("checkpoint.keep=1", "keep must be >= 2"),
+    ("eval.select=loss", "eval.select"),
+    ("optim.name=lbfgs", "optim.name must be one of"),
+])
+def test_bad_values_are_explained(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nstacks = 2")
+    with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
+        load_config(bad)
+    assert TrainConfig().model.stacks == 8

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from shg.model import StackedHourglass, count_parameters, expected_parameters
+
+
+@pytest.mark.parametrize("stacks", [1, 2, 8])
+def test_parameter_count_matches_newell(stacks):
+    model = StackedHourglass(stacks=stacks, features=256, joints=17)
+    assert count_parameters(model) == expected_parameters(stacks, 17)
+    if stacks == 8:
+        assert count_parameters(model) == 25_437_960
+
+
+def test_every_parameter_gets_a_gradient():
+    model = StackedHourglass(stacks=2, features=16, joints=5)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_output_shape_and_bottleneck_hooks():
+    model = StackedHourglass(stacks=3, features=16, joints=17).eval()
+    x = torch.randn(2, 3, 256, 256)
+    with model.capture_bottleneck() as seen:
+        out = model(x)
+    assert out.shape == (2, 3, 17, 64, 64)
+    assert [t.shape for t in seen] == [(2, 16, 4, 4)] * 3
+    with model.capture_bottleneck(stack=1) as seen:
+        model(x)
+    assert len(seen) == 1
+    model.bottleneck_hook = lambda i, t: torch.zeros_like(t)
+    zeroed = model(x)
+    model.bottleneck_hook = None
+    assert not torch.allclose(zeroed, out)
+    assert torch.allclose(model(x), out)
+
+
+def test_skip_connections_switch_off_per_level():
+    torch.manual_seed(0)
+    model = StackedHourglass(stacks=1, features=16, joints=4).eval()
+    x = torch.randn(1, 3, 128, 128)
+    base = model(x)
+    outs = {}
+    for level in (1, 2, 3, 4):
+        with model.disable_skips([level]):
+            outs[level] = model(x)
+        assert not torch.allclose(outs[level], base)
+    with model.disable_skips([1, 2, 3, 4]):
+        none = model(x)
+    assert not torch.allclose(none, base)
+    assert torch.allclose(model(x), base)  # restored
+    with pytest.raises(ValueError, match="1..4"):
+        with model.disable_skips([5]):
+            pass
+
+
+def test_glorot_normal_init_is_the_default():
+    model = StackedHourglass(stacks=1, features=64, joints=17)
+    conv = model.hourglasses[0].up1.body[5]  # a 3x3 conv 32 -> 32
+    fan_in = fan_out = 32 * 9
+    expected_std = (2.0 / (fan_in + fan_out)) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.1)
+    assert conv.bias.abs().max() == 0
+    default = StackedHourglass(stacks=1, features=64, joints=17, init="default")
+    assert default.hourglasses[0].up1.body[5].bias.abs().max() > 0

@@ -1,0 +1,149 @@
+"""Training end to end on a tiny SHG: loss falls, checkpoints are complete-or-absent and resume
+bit-identically after SIGKILL, NaN stops cleanly, mismatched weights are named."""
+
+import json
+import re
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shg.checkpoint import complete_checkpoints, load_weights
+
+TINY = ["model.stacks=2", "model.features=16", "train.batch_size=2", "data.num_workers=0",
+        "data.shuffle_buffer=8", "eval.max_samples=8", "eval.batch_size=8",
+        "optim.lr=0.002", "train.log_every=1", "train.deterministic=true"]
+
+
+def run_train(shards, run_dir, *extra, env=None, check=True):
+    cmd = [sys.executable, "-m", "shg.train", "--config", "configs/tiny.toml",
+           f"data.shards={shards}", f"run_dir={run_dir}", *TINY, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def weights(run_dir, step):
+    return load_weights(Path(run_dir) / "checkpoints" / f"step-{step:08d}")[0]
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_writes_a_complete_run_and_learns(synth_shards, tmp_path):
+    run = tmp_path / "run"
+    run_train(synth_shards, run, "train.max_steps=30", "eval.every_steps=15",
+              "checkpoint.every_steps=10", "checkpoint.keep=2")
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:3]) / 3
+    assert all(r["img_per_s"] > 0 for r in rows if "loss" in r)
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [15, 30]
+    assert all("pck_constant@0.5" in r and "pck_bbox@0.2" in r for r in evals)
+    assert [p.name for p in complete_checkpoints(run / "checkpoints")] == [
+        "step-00000020", "step-00000030"]  # keep=2
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    info = json.loads((run / "best" / "info.json").read_text())
+    best = max(r["pck_constant@0.5"] for r in evals)
+    assert info["metrics"]["pck_constant@0.5"] == best
+    cfg = (run / "config.toml").read_text()
+    assert "stacks = 2" in cfg and str(synth_shards) in cfg
+    assert (run / "tb").is_dir()
+    state = json.loads((run / "checkpoints" / "step-00000030" / "state.json").read_text())
+    assert state["step"] == 30 and state["samples_seen"] == 60
+
+
+def test_best_is_chosen_by_pck_not_by_loss(synth_shards, tmp_path, monkeypatch):
+    """Feed validate() a PCK that falls while the loss falls: best/ must stay at the first."""
+    from shg import train as train_mod
+    from shg.config import load_config
+
+    calls = []
+
+    def fake_validate(cfg, model, acc):
+        calls.append(1)
+        n = len(calls)
+        return {"val_loss": 1.0 / n, "val_samples": 8, "pck_constant@0.5": 1.0 / n,
+                "pck_bbox@0.5": 1.0 / n}
+
+    monkeypatch.setattr(train_mod, "validate", fake_validate)
+    cfg = load_config("configs/tiny.toml", [f"data.shards={synth_shards}",
+                                            f"run_dir={tmp_path / 'r'}", *TINY,
+                                            "train.max_steps=6", "eval.every_steps=2",
+                                            "eval.thresholds=[0.5]", "eval.early_stop_patience=2"])
+    summary = train_mod.train(cfg)
+    info = json.loads((tmp_path / "r" / "best" / "info.json").read_text())
+    assert info["step"] == 2 and summary["best_step"] == 2
+    assert summary["step"] == 6 and len(calls) == 3  # stopped by patience 2 at step 6
+
+
+def test_sigkill_anywhere_then_resume_is_bit_identical(synth_shards, tmp_path):
+    common = ["train.max_steps=6", "eval.every_steps=3", "checkpoint.every_steps=2",
+              "checkpoint.keep=2"]
+    ref = tmp_path / "ref"
+    run_train(synth_shards, ref, *common)
+    final = weights(ref, 6)
+
+    for fault in ("step:3", "save:4", "step:5"):
+        run = tmp_path / fault.replace(":", "-")
+        killed = run_train(synth_shards, run, *common, env={"SHG_FAULT": fault}, check=False)
+        assert killed.returncode == -9
+        if fault == "save:4":
+            assert (run / "checkpoints" / ".tmp-step-00000004").is_dir()
+            assert [p.name for p in complete_checkpoints(run / "checkpoints")] == [
+                "step-00000002"]
+        resumed = run_train(synth_shards, run, *common)
+        expected_from = {"step:3": 2, "save:4": 2, "step:5": 4}[fault]
+        assert f"resumed from" in resumed.stdout and f"at step {expected_from}" in resumed.stdout
+        assert same(weights(run, 6), final), f"weights differ after {fault}"
+        assert not list((run / "checkpoints").glob(".tmp-*"))
+
+    again = run_train(synth_shards, tmp_path / "ref", *common, "checkpoint.resume=none")
+    assert "resumed" not in again.stdout
+    assert same(weights(ref, 6), final)
+
+
+def test_nan_loss_stops_with_last_checkpoint_intact(synth_shards, tmp_path):
+    run = tmp_path / "nan"
+    proc = run_train(synth_shards, run, "train.max_steps=6", "checkpoint.every_steps=2",
+                     "eval.every_steps=100", env={"SHG_FAULT": "nan:4"}, check=False)
+    assert proc.returncode == 3
+    assert "loss is nan at step 4" in proc.stderr and "step-00000002" in proc.stderr
+    assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["step-00000002"]
+
+
+def test_other_architecture_is_named(synth_shards, tmp_path):
+    run = tmp_path / "arch"
+    run_train(synth_shards, run, "train.max_steps=2", "checkpoint.every_steps=2",
+              "eval.every_steps=100")
+    proc = run_train(synth_shards, run, "train.max_steps=4", "model.stacks=3", check=False)
+    assert proc.returncode != 0
+    assert "weights do not fit this model" in proc.stderr and "missing: " in proc.stderr
+    assert re.search(r"(hourglasses|features_out|heads)\.2\.", proc.stderr)
+    assert "Traceback" not in proc.stderr
+
+
+def test_export_gives_loadable_weights(synth_shards, tmp_path):
+    from shg.cli import main as shg
+    from shg.model import StackedHourglass
+
+    run = tmp_path / "exp"
+    run_train(synth_shards, run, "train.max_steps=2", "checkpoint.every_steps=2",
+              "eval.every_steps=2")
+    assert shg(["export", "--run", str(run), "--out", str(tmp_path / "m.safetensors")]) == 0
+    tensors, meta = load_weights(tmp_path / "m.safetensors")
+    model = StackedHourglass(**meta["model"])
+    model.load_state_dict(tensors)
+    assert len(meta["mean_rgb"]) == 3 and meta["crop_size"] == 256
+    assert shg(["export", "--run", str(run), "--step", "2", "--out",
+                str(tmp_path / "s.safetensors")]) == 0
+    assert shg(["export", "--run", str(run), "--step", "5", "--out",
+                str(tmp_path / "x.safetensors")]) == 2
