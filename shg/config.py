@@ -177,8 +177,11 @@ class DistributedConfig:
 class TrainConfig:
     run_dir: str = "runs/shg"
     """Everything of a run goes here: config.toml, checkpoints/, best/, metrics.jsonl, tb/."""
-    mixed_precision: str = "no"
-    """"no", "bf16" (autocast; fp32 weights) or "fp16" (CUDA only, with a grad scaler)."""
+    mixed_precision: str = "auto"
+    """"auto" (bf16 where the hardware computes it natively - GPUs with bf16, CPUs with
+    avx512_bf16/AMX - else no), "no", "bf16" (autocast; fp32 weights) or "fp16" (CUDA only,
+    with a grad scaler). bench/train_step.py measured bf16 + channels_last at ~5x the fp32
+    step of the usual PyTorch port on an avx512_bf16 CPU; tests keep its loss curve near fp32's."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -188,7 +191,24 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
-        _choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        _choice("mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
+
+
+def native_bf16() -> bool:
+    """Does this machine compute bf16 natively (so autocast speeds training up)?"""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(value: str) -> str:
+    return ("bf16" if native_bf16() else "no") if value == "auto" else value
 
 
 # ----------------------------------------------------------------------------- loading

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .checkpoint import (Checkpointer, check_compatible, latest_checkpoint, load_weights,
                          save_weights)
-from .config import TrainConfig, dump_toml, load_config, to_dict
+from .config import TrainConfig, dump_toml, load_config, resolve_precision
 
 EXIT_DIVERGED = 3
 
@@ -274,6 +274,7 @@ def train(cfg: TrainConfig) -> dict:
 
     from .model import StackedHourglass
 
+    cfg.mixed_precision = resolve_precision(cfg.mixed_precision)  # saved resolved
     if not cfg.data.shards:
         raise ValueError("data.shards is not set (a directory made by `shg shards build`)")
     manifest = read_manifest(cfg.data.shards)
