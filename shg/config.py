@@ -56,6 +56,9 @@ class ModelConfig:
     joints: int = 17
     init: str = "xavier_normal"
     """"xavier_normal" (Glorot normal, the thesis) or "default" (PyTorch's)."""
+    zero_heads: bool = True
+    """Start the heatmap output convs at zero (the network starts at the all-zero prediction
+    instead of ~100x too large heatmaps; much faster start, see shg/model.py)."""
     channels_last: bool = True
     """NHWC memory format (faster convolutions on CPU and tensor cores)."""
 

@@ -293,7 +293,7 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
 
     model = StackedHourglass(cfg.model.stacks, cfg.model.features, cfg.model.joints,
-                             init=cfg.model.init)
+                             init=cfg.model.init, zero_heads=cfg.model.zero_heads)
     bn_mode = cfg.distributed.batchnorm
     if bn_mode == "auto":
         bn_mode = "sync" if torch.cuda.is_available() and world > 1 else "rank0"
@@ -357,8 +357,10 @@ def train(cfg: TrainConfig) -> dict:
     logger = MetricsLogger(run_dir, is_main)
     from tqdm import tqdm
 
+    # In a log file (Slurm) a bar that redraws often is megabytes of noise: redraw rarely.
     bar = tqdm(total=cfg.train.max_steps, initial=progress.step, disable=not is_main,
-               unit="step", dynamic_ncols=True)
+               unit="step", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
     def save_checkpoint() -> None:
         broadcast_buffers(model, accelerator)

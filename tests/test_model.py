@@ -13,7 +13,8 @@ def test_parameter_count_matches_newell(stacks):
 
 
 def test_every_parameter_gets_a_gradient():
-    model = StackedHourglass(stacks=2, features=16, joints=5)
+    # (zero_heads=False: with zero heads the heatmap re-map conv sees zeros at step 0)
+    model = StackedHourglass(stacks=2, features=16, joints=5, zero_heads=False)
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
@@ -63,3 +64,5 @@ def test_glorot_normal_init_is_the_default():
     assert conv.bias.abs().max() == 0
     default = StackedHourglass(stacks=1, features=64, joints=17, init="default")
     assert default.hourglasses[0].up1.body[5].bias.abs().max() > 0
+    assert model.heads[0].weight.abs().max() == 0  # zero_heads (default)
+    assert StackedHourglass(1, 64, 17, zero_heads=False).heads[0].weight.std() > 0
