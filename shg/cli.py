@@ -122,6 +122,45 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalOptions, print_summary, run_eval
+
+    if not args.oracle and not args.run and not args.model:
+        raise ValueError("give --run RUN (with --best or --step N), --model FILE, or --oracle")
+    if args.nproc > 1:
+        import subprocess
+
+        argv = ["--shards", args.shards, "--split", args.split, "--out", args.out,
+                "--batch-size", str(args.batch_size), "--max-samples", str(args.max_samples),
+                "--workers", str(args.workers)]
+        for flag, value in (("--run", args.run), ("--step", args.step), ("--model", args.model),
+                            ("--coco-ann", args.coco_ann)):
+            if value is not None:
+                argv += [flag, str(value)]
+        argv += ["--no-flip"] * args.no_flip + ["--oracle"] * args.oracle
+        # `--` keeps torchrun from reading --run as an abbreviation of its --run-path.
+        return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={args.nproc}", "-m", "shg.evaluate", "--",
+                                *argv])
+    summary = run_eval(EvalOptions(
+        shards=args.shards, split=args.split, out=args.out, run=args.run, step=args.step,
+        model_file=args.model, coco_ann=args.coco_ann, flip=not args.no_flip,
+        oracle=args.oracle, batch_size=args.batch_size, max_samples=args.max_samples,
+        num_workers=args.workers))
+    if summary:  # rank 0
+        print_summary(summary)
+        print(f"report: {args.out}/report.md")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    result = predict(args.model, args.image, args.bbox, args.out, flip=not args.no_flip)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -183,6 +222,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step", type=int, help="the checkpoint of this step")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("eval", help="PCK, COCO AP and a report for a trained run")
+    p.add_argument("--run", help="run directory (its best/ model unless --step)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--best", action="store_true", help="the best-by-PCK model (default)")
+    g.add_argument("--step", type=int, help="the checkpoint of this step")
+    p.add_argument("--model", help="a .safetensors from `shg export` instead of --run")
+    p.add_argument("--shards", required=True, help="shard directory")
+    p.add_argument("--split", default="val2017")
+    p.add_argument("--coco-ann", help="COCO annotation json: also compute COCO keypoint AP")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--no-flip", action="store_true", help="no flip-test averaging")
+    p.add_argument("--oracle", action="store_true",
+                   help="decode the ground-truth heatmaps (pipeline upper bound)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-samples", type=int, default=0, help="0 = all")
+    p.add_argument("--workers", type=int, default=1, help="loader processes")
+    p.add_argument("--nproc", type=int, default=1, help="processes (through torchrun)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="keypoints of one person in one image")
+    p.add_argument("--model", required=True, help=".safetensors from `shg export`")
+    p.add_argument("image")
+    p.add_argument("--bbox", help="x,y,w,h of the person (default: the whole image)")
+    p.add_argument("--out", help="write the image with the skeleton drawn here")
+    p.add_argument("--no-flip", action="store_true")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("info", help="parameters and FLOPs of an SHG")
     p.add_argument("--stacks", type=int, default=8)

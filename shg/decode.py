@@ -37,3 +37,9 @@ def decode_heatmaps(heatmaps: torch.Tensor, crop_size: int = 256, quarter_offset
     scale = crop_size / w
     coords = torch.stack([(x + 0.5) * scale, (y + 0.5) * (crop_size / h)], -1)
     return coords, conf
+
+
+def flip_back(heatmaps: torch.Tensor, flip_index) -> torch.Tensor:
+    """Heatmaps predicted on a horizontally flipped image -> the original image's frame:
+    mirror the x axis and swap left/right joints. (N, K, H, W)."""
+    return heatmaps.flip(-1)[:, list(flip_index)]

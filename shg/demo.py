@@ -31,6 +31,12 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> int:
     for split in ("train2017", "val2017"):
         _check(shg(["shards", "build", "--coco", str(coco), "--split", split,
                     "--out", str(shards), "--shard-size", "200", "--workers", "2", "--quiet"]))
+    run = root / "train"
+    step(f"train a 2-stack SHG (configs/demo.toml) -> {run}")
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+    _check(shg(["train", "--config", str(config), f"run_dir={run}", f"data.shards={shards}"]))
+    step("export the best-by-PCK model")
+    _check(shg(["export", "--run", str(run), "--out", str(root / "model.safetensors")]))
     step("done")
     print(f"everything is under {root}/")
     return 0

@@ -81,3 +81,28 @@ def torso_norm(gt, visible) -> np.ndarray:
         if lengths:
             out[i] = max(lengths)
     return out
+
+
+def head_norm(head_sizes) -> np.ndarray:
+    """PCKh: the annotated head segment length per instance (MPII-style data provide it;
+    COCO does not, so `shg eval` leaves PCKh out for COCO)."""
+    return np.asarray(head_sizes, dtype=np.float64)
+
+
+def pck_curve(pred, gt, visible, norm, upto: float = 0.5, points: int = 51
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+    """PCK (macro mean) at evenly spaced thresholds in [0, upto] and its normalised area
+    (AUC in [0, 1]: 1 means every joint exact)."""
+    thresholds = np.linspace(0.0, upto, points)
+    curve = pck(pred, gt, visible, norm, thresholds).mean
+    auc = float(np.trapezoid(curve, thresholds) / upto) if np.isfinite(curve).all() else float("nan")
+    return thresholds, curve, auc
+
+
+def epe(pred, gt, visible) -> float:
+    """End-point error: mean distance over visible joints (in the inputs' pixels)."""
+    pred, gt = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
+    visible = np.asarray(visible, dtype=bool)
+    if not visible.any():
+        return float("nan")
+    return float(np.linalg.norm(pred - gt, axis=-1)[visible].mean())

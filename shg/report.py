@@ -1,0 +1,125 @@
+"""Evaluation report: report.md with PNG plots (PCK per joint, PCK curves, worst cases)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from shards.keypoints import NAMES, SKELETON
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def draw_skeleton(draw, kps: np.ndarray, visible: np.ndarray, colour, radius: float = 2.5,
+                  width: int = 2) -> None:
+    """Draw a 17-joint skeleton on a PIL ImageDraw (only where both ends are `visible`)."""
+    for a, b in SKELETON:
+        if visible[a] and visible[b]:
+            draw.line([tuple(kps[a]), tuple(kps[b])], fill=colour, width=width)
+    for k in range(len(kps)):
+        if visible[k]:
+            x, y = kps[k]
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+
+
+def crops_by_key(shards: str, split: str, keys: set[str]) -> dict:
+    """The stored crops (HxWx3 uint8) of the given sample keys."""
+    from shards.reader import read_shard, split_entry
+    from shards.sample import decode_png
+
+    found = {}
+    for shard in split_entry(shards, split)["shards"]:
+        for raw in read_shard(Path(shards) / shard["file"], None):
+            if raw["__key__"] in keys:
+                found[raw["__key__"]] = decode_png(raw["png"])
+        if len(found) == len(keys):
+            break
+    return found
+
+
+def worst_grid(rows: list, shards: str, split: str, path: Path, count: int = 16) -> None:
+    from PIL import Image, ImageDraw
+
+    def error(r):
+        v = r["visible"]
+        return float(np.linalg.norm(r["pred_crop"] - r["gt_crop"], axis=1)[v].mean()) \
+            if v.any() else -1.0
+
+    worst = sorted(rows, key=error, reverse=True)[:count]
+    crops = crops_by_key(shards, split, {r["key"] for r in worst})
+    cols = 4
+    tile = 256
+    grid = Image.new("RGB", (cols * tile, -(-len(worst) // cols) * tile), (30, 30, 30))
+    for i, r in enumerate(worst):
+        if r["key"] not in crops:
+            continue
+        im = Image.fromarray(crops[r["key"]])
+        d = ImageDraw.Draw(im)
+        draw_skeleton(d, r["gt_crop"], r["visible"], (0, 220, 0))
+        draw_skeleton(d, r["pred_crop"], np.ones(len(NAMES), bool), (255, 40, 40))
+        d.text((4, 4), f"{r['key']}  err {error(r):.1f}px", fill=(255, 255, 0))
+        grid.paste(im, ((i % cols) * tile, (i // cols) * tile))
+    grid.save(path)
+
+
+def write_report(rows: list, summary: dict, out: Path, shards: str, split: str) -> None:
+    plt = _plt()
+    pck = json.loads((out / "pck.json").read_text())
+    norms = pck["normalisations"]
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    x = np.arange(len(NAMES))
+    for j, (name, thr) in enumerate((("constant", "0.5"), ("bbox", "0.1"), ("torso", "0.2"))):
+        values = [norms[name]["per_joint"][thr][n] or 0 for n in NAMES]
+        ax.bar(x + (j - 1) * 0.27, values, width=0.27, label=f"{name}@{thr}")
+    ax.set_xticks(x, NAMES, rotation=60, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("PCK")
+    ax.legend()
+    ax.set_title("PCK per joint")
+    fig.tight_layout()
+    fig.savefig(out / "pck_per_joint.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, data in norms.items():
+        ax.plot(data["curve"]["thresholds"], [v or 0 for v in data["curve"]["pck"]],
+                label=f"{name} (AUC {data['auc']:.3f})")
+    ax.set_xlabel("threshold (fraction of the normalisation)")
+    ax.set_ylabel("PCK")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("PCK curves")
+    fig.tight_layout()
+    fig.savefig(out / "pck_curve.png", dpi=100)
+    plt.close(fig)
+
+    worst_grid(rows, shards, split, out / "worst_cases.png")
+
+    lines = [f"# Evaluation of {summary.get('model') or 'ground-truth heatmaps (oracle)'}", "",
+             f"Split `{split}` of `{shards}`: {len(rows)} person crops"
+             f"{', flip test' if summary.get('flip_test') and not summary.get('oracle') else ''}.",
+             "", "| normalisation | " + " | ".join(f"@{t}" for t in pck["thresholds"])
+             + " | AUC |", "|---|" + "---|" * (len(pck["thresholds"]) + 1)]
+    for name, data in norms.items():
+        cells = " | ".join(f"{(data['mean'][str(t)] or 0):.3f}" for t in pck["thresholds"])
+        lines.append(f"| {name} | {cells} | {data['auc']:.3f} |")
+    lines += ["", f"EPE: {pck['epe_image_px']:.2f} px in the original images.", ""]
+    if "coco" in summary:
+        c = summary["coco"]
+        lines += ["COCO keypoint AP with ground-truth boxes: "
+                  + ", ".join(f"{k} {c[k]:.3f}" for k in ("AP", "AP50", "AP75", "APm", "APl",
+                                                          "AR")), ""]
+    lines += ["![PCK per joint](pck_per_joint.png)", "", "![PCK curves](pck_curve.png)", "",
+              "Worst cases first (green: ground truth, red: prediction):", "",
+              "![worst cases](worst_cases.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))

@@ -1,0 +1,115 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shg.cli import main as shg
+
+
+def test_oracle_reaches_coco_ap_090_on_real_coco(coco_sample, tmp_path):
+    shards = tmp_path / "shards"
+    assert shg(["shards", "build", "--coco", str(coco_sample), "--split", "val2017",
+                "--out", str(shards), "--quiet"]) == 0
+    # the reader subtracts the train split's mean when present; the val split alone is fine
+    ann = coco_sample / "annotations" / "person_keypoints_val2017.json"
+    out = tmp_path / "oracle"
+    assert shg(["eval", "--oracle", "--shards", str(shards), "--split", "val2017",
+                "--coco-ann", str(ann), "--out", str(out)]) == 0
+    stats = json.loads((out / "coco_eval.json").read_text())
+    assert stats["AP"] >= 0.90, stats
+    pck = json.loads((out / "pck.json").read_text())["normalisations"]
+    # (a few labelled joints lie outside their crop square: no heatmap can hold them)
+    assert pck["bbox"]["mean"]["0.1"] > 0.95 and pck["constant"]["mean"]["0.5"] > 0.95
+    from pycocotools.coco import COCO
+
+    gt = COCO(str(ann))
+    dt = gt.loadRes(str(out / "coco_results.json"))
+    assert len(dt.anns) == 68
+    # back-projection: oracle image-pixel predictions land within the heatmap quantisation
+    results = json.loads((out / "coco_results.json").read_text())
+    assert all(len(r["keypoints"]) == 51 for r in results)
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth_shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("evalrun") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "shg.train", "--config", "configs/tiny.toml",
+         f"data.shards={synth_shards}", f"run_dir={run}", "model.features=16",
+         "train.max_steps=4", "eval.every_steps=2", "checkpoint.every_steps=2",
+         "data.num_workers=0", "eval.max_samples=8"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_eval_writes_every_output(trained_run, synth_shards, synth_root, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert shg(["eval", "--run", str(trained_run), "--shards", str(synth_shards),
+                "--split", "val2017", "--coco-ann",
+                str(synth_root / "annotations" / "person_keypoints_val2017.json"),
+                "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "constant" in printed and "COCO keypoints" in printed
+    for name in ("pck.json", "coco_results.json", "coco_eval.json", "report.md",
+                 "pck_per_joint.png", "pck_curve.png", "worst_cases.png", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    pck = json.loads((out / "pck.json").read_text())
+    assert set(pck["normalisations"]) == {"constant", "bbox", "torso"}
+    for norm in pck["normalisations"].values():
+        assert set(norm["mean"]) == {"0.05", "0.1", "0.2", "0.5"} and 0 <= norm["auc"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    from shards.build import read_manifest
+
+    assert summary["samples"] == read_manifest(synth_shards)["splits"]["val2017"]["num_samples"]
+
+
+def test_distributed_eval_sees_each_sample_once(trained_run, synth_shards, tmp_path):
+    single = tmp_path / "one"
+    assert shg(["eval", "--run", str(trained_run), "--step", "4", "--shards", str(synth_shards),
+                "--split", "train2017", "--out", str(single), "--no-flip"]) == 0
+    dist = tmp_path / "two"
+    via_cli = subprocess.run(
+        [sys.executable, "-m", "shg.cli", "eval", "--nproc", "2", "--run", str(trained_run),
+         "--step", "4", "--shards", str(synth_shards), "--split", "train2017",
+         "--out", str(tmp_path / "cli"), "--no-flip"], capture_output=True, text=True)
+    assert via_cli.returncode == 0, via_cli.stderr[-3000:]
+    samples = json.loads((single / "summary.json").read_text())["samples"]
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["samples"] == samples
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "shg.evaluate", "--", "--run", str(trained_run), "--step", "4", "--shards",
+         str(synth_shards), "--split", "train2017", "--out", str(dist), "--no-flip"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((single / "coco_results.json").read_text())
+    b = json.loads((dist / "coco_results.json").read_text())
+    assert len(a) == len(b)
+    assert [r["image_id"] for r in a] == [r["image_id"] for r in b]
+    assert np.allclose([r["keypoints"] for r in a], [r["keypoints"] for r in b], atol=1e-2)
+
+
+def test_missing_model_and_empty_split_are_clear(trained_run, synth_shards, tmp_path, capsys):
+    assert shg(["eval", "--run", str(trained_run), "--step", "3", "--shards",
+                str(synth_shards), "--out", str(tmp_path / "x")]) == 2
+    assert "no complete checkpoint of step 3" in capsys.readouterr().err
+    assert shg(["eval", "--run", str(tmp_path / "nope"), "--shards", str(synth_shards),
+                "--out", str(tmp_path / "x")]) == 2
+    assert "no best/ model yet" in capsys.readouterr().err
+    assert shg(["eval", "--oracle", "--shards", str(synth_shards), "--split", "test2017",
+                "--out", str(tmp_path / "x")]) == 2
+    assert "no split 'test2017'" in capsys.readouterr().err
+
+
+def test_predict_draws_and_prints(trained_run, synth_root, tmp_path, capsys):
+    assert shg(["export", "--run", str(trained_run), "--out", str(tmp_path / "m.safetensors")]) == 0
+    capsys.readouterr()
+    image = sorted((synth_root / "val2017").glob("*.jpg"))[0]
+    assert shg(["predict", "--model", str(tmp_path / "m.safetensors"), str(image),
+                "--bbox", "10,10,100,200", "--out", str(tmp_path / "p.png")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["keypoints"]) == 17 and (tmp_path / "p.png").stat().st_size > 0
+    assert shg(["predict", "--model", str(tmp_path / "m.safetensors"), str(image),
+                "--bbox", "1,2,3"]) == 2
