@@ -37,8 +37,24 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> int:
     _check(shg(["train", "--config", str(config), f"run_dir={run}", f"data.shards={shards}"]))
     step("export the best-by-PCK model")
     _check(shg(["export", "--run", str(run), "--out", str(root / "model.safetensors")]))
+    step("evaluate the best model on the validation split (PCK, COCO AP, report)")
+    _check(shg(["eval", "--run", str(run), "--shards", str(shards), "--split", "val2017",
+                "--coco-ann", str(coco / "annotations" / "person_keypoints_val2017.json"),
+                "--out", str(root / "eval")]))
+    step("predict one validation image")
+    image = sorted((coco / "val2017").glob("*.jpg"))[0]
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the JSON is long; the picture says it
+        _check(shg(["predict", "--model", str(root / "model.safetensors"), str(image),
+                    "--out", str(root / "predict.png")]))
     step("done")
-    print(f"everything is under {root}/")
+    print(f"everything is under {root}/:")
+    print(f"  evaluation report  {root / 'eval' / 'report.md'} (+ PNG plots beside it)")
+    print(f"  training curves    {run / 'metrics.jsonl'}, tensorboard --logdir {run / 'tb'}")
+    print(f"  exported model     {root / 'model.safetensors'}")
+    print(f"  a prediction       {root / 'predict.png'}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """`shg synth`: a COCO-format dataset of procedurally drawn people (the project's bundled data).
 
-Each person is a 17-joint COCO skeleton with sampled proportions and joint angles, drawn facing
+Each person (1-3 per image, side by side) is a 17-joint COCO skeleton with sampled proportions and joint angles, drawn facing
 the camera with thick limbs, a torso and a head with eyes, nose and ears, on a noisy textured
 background with clutter. Left limbs are drawn in a light tone and right limbs in a dark tone of
 the person's colour, so left and right are learnable from pixels (as they are from real bodies).
@@ -162,9 +162,14 @@ def render_image(rng: np.random.Generator, width: int, height: int, max_people: 
     draw_img, draw_ids = ImageDraw.Draw(image), ImageDraw.Draw(ids)
     persons = []
     n = int(rng.integers(1, max_people + 1))
+    # Each person gets a vertical band of the image: people may touch and overlap a little
+    # (occlusion) but a crop centred on one person is rarely dominated by another, which would
+    # make the target ambiguous rather than hard.
     for pid in range(1, n + 1):
         h = rng.uniform(0.35, 0.95) * height
-        pelvis = np.array([rng.uniform(0.1, 0.9) * width, rng.uniform(0.35, 0.75) * height])
+        h = min(h, 1.6 * width / n)
+        band = rng.uniform(0.3, 0.7) if n == 1 else rng.uniform(0.25, 0.75)
+        pelvis = np.array([(pid - 1 + band) / n * width, rng.uniform(0.35, 0.75) * height])
         if rng.random() < 0.15:  # partly out of frame
             pelvis[rng.integers(2)] += rng.choice([-1, 1]) * 0.3 * h
         joints = sample_skeleton(rng, h, pelvis)

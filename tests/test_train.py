@@ -172,3 +172,22 @@ def test_bf16_autocast_keeps_the_loss_curve_of_fp32(synth_shards, tmp_path):
         assert 0.4 * a <= b <= 1.3 * a, f"steps {i}-{i + 3}: fp32 {a:.4f} vs bf16 {b:.4f}"
     assert sum(bf16[-4:]) <= 1.25 * sum(fp32[-4:])
     assert sum(bf16[-4:]) < 0.1 * bf16[0] * 4  # and it learns
+
+
+def test_grad_accumulation_resumes_exactly(synth_shards, tmp_path):
+    common = ["train.max_steps=4", "train.grad_accum=2", "eval.every_steps=100",
+              "checkpoint.every_steps=2"]
+    run_train(synth_shards, tmp_path / "ref", *common)
+    run = tmp_path / "killed"
+    assert run_train(synth_shards, run, *common, env={"SHG_FAULT": "step:3"},
+                     check=False).returncode == -9
+    run_train(synth_shards, run, *common)
+    assert same(weights(run, 4), weights(tmp_path / "ref", 4))
+    state = json.loads((run / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert state["samples_seen"] == 4 * 2 * 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed on GPUs")
+def test_fp16_on_cpu_is_refused(synth_shards, tmp_path):
+    proc = run_train(synth_shards, tmp_path / "fp16", "mixed_precision=fp16", check=False)
+    assert proc.returncode == 2 and "fp16 needs a GPU" in proc.stderr
