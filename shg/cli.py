@@ -161,6 +161,45 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    what = args.analysis
+    if what == "latent":
+        from .analysis.latent import LatentOptions, run_latent
+
+        r = run_latent(LatentOptions(shards=args.shards, split=args.split, out=args.out,
+                                     run=args.run, step=args.step, model_file=args.model,
+                                     stack=args.stack, components=args.components,
+                                     steps=[float(v) for v in args.walk.split(",")],
+                                     limit=args.max_samples))
+        ratios = r["explained_variance_ratio"]
+        print(f"latent: {r['samples']} samples x {r['latent_dim']} dims; first components "
+              "explain " + ", ".join(f"{v:.1%}" for v in ratios[:5])
+              + f"; sample nearest the mean: {r['mean_nearest']['key']}")
+    elif what == "skeletons":
+        from .analysis.skeletons import SkeletonOptions, run_skeletons
+
+        r = run_skeletons(SkeletonOptions(shards=args.shards, split=args.split, out=args.out,
+                                          k_min=args.k_min, k_max=args.k_max))
+        for name, pop in r["populations"].items():
+            best = pop["best_k"]
+            score = pop["silhouette"].get(str(best)) if best else None
+            print(f"skeletons ({name}): {pop['count']} skeletons, best k = {best}"
+                  + (f" (silhouette {score:.3f})" if score is not None else ""))
+    else:
+        from .analysis.skips import SkipOptions, run_skips
+
+        r = run_skips(SkipOptions(shards=args.shards, split=args.split, out=args.out,
+                                  run=args.run, step=args.step, model_file=args.model,
+                                  norm=args.norm, threshold=args.threshold,
+                                  limit=args.max_samples))
+        print(f"skips: {r['perfect']} of {r['samples_seen']} samples perfectly predicted")
+        for name, s in r["settings"].items():
+            print(f"  skips off: {name:<8} PCK {s['pck']:.3f}  heatmap change "
+                  f"{s['heatmap_change']:.3f}")
+    print(f"written to {args.out}/")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -249,6 +288,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the image with the skeleton drawn here")
     p.add_argument("--no-flip", action="store_true")
     p.set_defaults(func=_cmd_predict)
+
+    analyze = sub.add_parser("analyze", help="latent PCA walks, skeleton clusters, skip ablation")
+    asub = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    for name, text in (("latent", "PCA of the bottleneck latents with nearest real samples"),
+                       ("skeletons", "K-means on skeletons (all vs full) with silhouettes"),
+                       ("skips", "switch hourglass skip connections off on perfect samples")):
+        p = asub.add_parser(name, help=text)
+        if name != "skeletons":
+            p.add_argument("--run", help="run directory (best/ unless --step)")
+            p.add_argument("--step", type=int)
+            p.add_argument("--model", help=".safetensors instead of --run")
+            p.add_argument("--max-samples", type=int, default=0, help="0 = the whole split")
+        p.add_argument("--shards", required=True)
+        p.add_argument("--split", default="train2017" if name != "skips" else "val2017")
+        p.add_argument("--out", required=True)
+        p.set_defaults(func=_cmd_analyze)
+        if name == "latent":
+            p.add_argument("--stack", type=int, default=-1, help="which stack (-1: last)")
+            p.add_argument("--components", type=int, default=5, help="components to walk")
+            p.add_argument("--walk", default="-3,-2,-1,0,1,2,3",
+                           help="steps in standard deviations (write --walk=-3,0,3)")
+        elif name == "skeletons":
+            p.add_argument("--k-min", type=int, default=2)
+            p.add_argument("--k-max", type=int, default=10)
+        else:
+            p.add_argument("--norm", choices=["constant", "bbox"], default="bbox",
+                           help="PCK that defines a perfect sample (default bbox@0.2)")
+            p.add_argument("--threshold", type=float, default=0.2)
 
     p = sub.add_parser("info", help="parameters and FLOPs of an SHG")
     p.add_argument("--stacks", type=int, default=8)

@@ -49,12 +49,23 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> int:
     with contextlib.redirect_stdout(io.StringIO()):  # the JSON is long; the picture says it
         _check(shg(["predict", "--model", str(root / "model.safetensors"), str(image),
                     "--out", str(root / "predict.png")]))
+    analysis = root / "analysis"
+    step("latent analysis: PCA of the bottleneck, walks with nearest real samples")
+    _check(shg(["analyze", "latent", "--run", str(run), "--shards", str(shards),
+                "--split", "train2017", "--max-samples", "600", "--out", str(analysis / "latent")]))
+    step("skeleton clusters: K-means + silhouette, all vs full skeletons")
+    _check(shg(["analyze", "skeletons", "--shards", str(shards), "--split", "train2017",
+                "--out", str(analysis / "skeletons")]))
+    step("skip-connection ablation on perfectly predicted samples")
+    _check(shg(["analyze", "skips", "--run", str(run), "--shards", str(shards),
+                "--split", "val2017", "--out", str(analysis / "skips")]))
     step("done")
     print(f"everything is under {root}/:")
     print(f"  evaluation report  {root / 'eval' / 'report.md'} (+ PNG plots beside it)")
     print(f"  training curves    {run / 'metrics.jsonl'}, tensorboard --logdir {run / 'tb'}")
     print(f"  exported model     {root / 'model.safetensors'}")
     print(f"  a prediction       {root / 'predict.png'}")
+    print(f"  analyses (PNG+JSON) {analysis}/latent, {analysis}/skeletons, {analysis}/skips")
     return 0
 
 

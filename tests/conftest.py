@@ -4,6 +4,8 @@ COCO sample from ../shared/data (tests that need it skip with a reason when it i
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHG_SHARED_DATA", REPO.parent / "shared" / "data"))
 COCO_SAMPLE = SHARED_DATA / "coco-sample"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_from_repo_root():
+    """Tests name configs/ and launch `python -m shg...` relative to the repository."""
+    old = os.getcwd()
+    os.chdir(REPO)
+    yield
+    os.chdir(old)
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +49,15 @@ def synth_shards(synth_root, tmp_path_factory) -> Path:
         build(BuildOptions(coco_root=str(synth_root), split=split, out=str(out), shard_size=16,
                            progress=False), log=lambda *a: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("evalrun") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "shg.train", "--config", "configs/tiny.toml",
+         f"data.shards={synth_shards}", f"run_dir={run}", "model.features=16",
+         "train.max_steps=4", "eval.every_steps=2", "checkpoint.every_steps=2",
+         "data.num_workers=0", "eval.max_samples=8"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run

@@ -33,18 +33,6 @@ def test_oracle_reaches_coco_ap_090_on_real_coco(coco_sample, tmp_path):
     assert all(len(r["keypoints"]) == 51 for r in results)
 
 
-@pytest.fixture(scope="module")
-def trained_run(synth_shards, tmp_path_factory):
-    run = tmp_path_factory.mktemp("evalrun") / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "shg.train", "--config", "configs/tiny.toml",
-         f"data.shards={synth_shards}", f"run_dir={run}", "model.features=16",
-         "train.max_steps=4", "eval.every_steps=2", "checkpoint.every_steps=2",
-         "data.num_workers=0", "eval.max_samples=8"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
-
-
 def test_eval_writes_every_output(trained_run, synth_shards, synth_root, tmp_path, capsys):
     out = tmp_path / "ev"
     assert shg(["eval", "--run", str(trained_run), "--shards", str(synth_shards),

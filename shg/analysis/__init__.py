@@ -1,0 +1,2 @@
+"""`shg analyze`: what the trained SHG has learned (latent PCA walks, skeleton clusters, skip
+ablation). Each analysis writes PNGs and the numbers behind them as JSON."""
