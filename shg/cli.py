@@ -200,6 +200,20 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ae(args: argparse.Namespace) -> int:
+    from . import ae_jobs
+
+    if args.ae_command == "train":
+        out = ae_jobs.phase1(args.run, args.overrides, args.nproc)
+    elif args.ae_command == "finetune":
+        out = ae_jobs.phase2(args.run, args.ae, args.overrides, args.nproc)
+    else:
+        ae_jobs.compare(args.run, args.ae, args.out, args.overrides, args.nproc)
+        out = args.out
+    print(f"written to {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -316,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--norm", choices=["constant", "bbox"], default="bbox",
                            help="PCK that defines a perfect sample (default bbox@0.2)")
             p.add_argument("--threshold", type=float, default=0.2)
+
+    ae = sub.add_parser("ae", help="denoising autoencoder at the hourglass bottleneck")
+    aesub = ae.add_subparsers(dest="ae_command", metavar="PHASE", required=True)
+    for name, text in (("train", "phase 1: train the AE on a frozen SHG's bottleneck latents"),
+                       ("finetune", "phase 2: the SHG with the AE inserted, pose loss"),
+                       ("compare", "phase 2 vs the SHG trained as long without AE")):
+        p = aesub.add_parser(name, help=text)
+        p.add_argument("--run", required=True, help="the trained SHG run directory")
+        if name != "train":
+            p.add_argument("--ae", required=True, help="the phase-1 run directory")
+        if name == "compare":
+            p.add_argument("--out", required=True, help="where the table and plot go")
+        p.add_argument("--nproc", type=int, default=1)
+        p.add_argument("overrides", nargs="*", metavar="section.key=value")
+        p.set_defaults(func=_cmd_ae)
 
     p = sub.add_parser("info", help="parameters and FLOPs of an SHG")
     p.add_argument("--stacks", type=int, default=8)

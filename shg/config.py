@@ -177,9 +177,36 @@ class DistributedConfig:
 
 
 @dataclass
+class AEConfig:
+    """The bottleneck autoencoder (task = "ae" or "pose_ae"; see shg/autoencoder.py)."""
+
+    stack: int = -1
+    """Which stack's bottleneck (-1 = the last)."""
+    hidden: int = 128
+    channels: int = 64
+    """Latent channels; with downsample the latent is channels x 2 x 2."""
+    downsample: bool = True
+    noise: float = 0.1
+    """Denoising: input x + N(0, (noise * x)^2) in phase 1."""
+    shg_from: str = ""
+    """The trained SHG: a run directory (its best/), a checkpoint directory or a .safetensors."""
+    ae_from: str = ""
+    """Phase 2: the phase-1 run (its best/), checkpoint or .safetensors holding the AE."""
+    freeze_ae: bool = False
+    """Phase 2: keep the AE fixed and train the SHG around it."""
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.hidden < 1 or self.noise < 0:
+            raise ConfigError("ae: need channels >= 1, hidden >= 1, noise >= 0")
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/shg"
     """Everything of a run goes here: config.toml, checkpoints/, best/, metrics.jsonl, tb/."""
+    task: str = "pose"
+    """"pose" (the SHG), "ae" (phase 1: the bottleneck AE on a frozen SHG) or "pose_ae"
+    (phase 2: the SHG with the AE inserted, pose loss)."""
     mixed_precision: str = "auto"
     """"auto" (bf16 where the hardware computes it natively - GPUs with bf16, CPUs with
     avx512_bf16/AMX - else no), "no", "bf16" (autocast; fp32 weights) or "fp16" (CUDA only,
@@ -192,8 +219,10 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    ae: AEConfig = field(default_factory=AEConfig)
 
     def __post_init__(self) -> None:
+        _choice("task", self.task, ("pose", "ae", "pose_ae"))
         _choice("mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
 
 

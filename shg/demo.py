@@ -59,6 +59,14 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> int:
     step("skip-connection ablation on perfectly predicted samples")
     _check(shg(["analyze", "skips", "--run", str(run), "--shards", str(shards),
                 "--split", "val2017", "--out", str(analysis / "skips")]))
+    short = ["eval.every_steps=75", "checkpoint.every_steps=75", "optim.schedule=constant",
+             "optim.warmup_steps=0"]
+    step("bottleneck autoencoder, phase 1: denoising AE on the frozen SHG's latents")
+    _check(shg(["ae", "train", "--run", str(run), "train.max_steps=150", "optim.lr=1e-3",
+                *short]))
+    step("phase 2 (SHG + AE) vs the plain SHG trained as long: the fair comparison")
+    _check(shg(["ae", "compare", "--run", str(run), "--ae", f"{run}-ae", "--out",
+                str(root / "ae_compare"), "train.max_steps=150", "optim.lr=2.5e-4", *short]))
     step("done")
     print(f"everything is under {root}/:")
     print(f"  evaluation report  {root / 'eval' / 'report.md'} (+ PNG plots beside it)")
@@ -66,6 +74,7 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> int:
     print(f"  exported model     {root / 'model.safetensors'}")
     print(f"  a prediction       {root / 'predict.png'}")
     print(f"  analyses (PNG+JSON) {analysis}/latent, {analysis}/skeletons, {analysis}/skips")
+    print(f"  AE vs longer training {root / 'ae_compare' / 'compare.md'}")
     return 0
 
 

@@ -49,8 +49,8 @@ class EvalOptions:
 
 def load_model(opts: EvalOptions):
     """The model named by --run/--best/--step or --model, with its metadata."""
+    from .autoencoder import AEPhase1, build_from_config
     from .checkpoint import check_compatible, load_weights, step_dir
-    from .model import StackedHourglass
 
     if opts.model_file:
         source = Path(opts.model_file)
@@ -67,7 +67,10 @@ def load_model(opts: EvalOptions):
     weights, meta = load_weights(source)
     if "model" not in meta:
         raise ValueError(f"{source}: no model config in its metadata (not written by shg?)")
-    model = StackedHourglass(**meta["model"])
+    model = build_from_config(meta["model"])
+    if isinstance(model, AEPhase1):
+        raise ValueError(f"{source}: a phase-1 autoencoder run predicts no poses; evaluate "
+                         "the fine-tuned (phase 2) run")
     check_compatible(model, weights, str(source))
     model.load_state_dict(weights)
     return model.eval(), meta, source

@@ -85,7 +85,8 @@ def set_lr(optimizer, cfg: TrainConfig, step: int) -> float:
 class Progress:
     step: int = 0
     samples_seen: int = 0
-    best_pck: float = -1.0
+    best_score: float = -math.inf
+    """PCK for pose tasks, minus the reconstruction MSE for the AE: higher is better."""
     best_step: int = -1
     evals_without_gain: int = 0
 
@@ -257,6 +258,100 @@ def validate(cfg: TrainConfig, model, accelerator) -> dict:
     return result
 
 
+@torch.no_grad()
+def validate_ae(cfg: TrainConfig, model, accelerator) -> dict:
+    """Phase 1: reconstruction error of the clean validation latents (no noise), and for
+    reference the error of the noisy latent itself (what the AE must undo)."""
+    from shards.reader import EvalStream, eval_loader
+    from shards.sample import SampleConfig
+
+    from .autoencoder import add_proportional_noise
+
+    net = unwrap(model, accelerator)
+    net.eval()
+    stream = EvalStream(cfg.data.shards, cfg.data.val_split, cfg.eval.batch_size,
+                        rank=accelerator.process_index, world=accelerator.num_processes,
+                        cfg=SampleConfig(sigma=cfg.data.sigma), mean_from=cfg.data.train_split,
+                        limit=cfg.eval.max_samples or None)
+    sums = torch.zeros(4, dtype=torch.float64)  # recon SE, noisy SE, clean energy, elements
+    gen = torch.Generator().manual_seed(0)
+    for batch in eval_loader(stream, num_workers=min(cfg.data.num_workers, 2)):
+        images = batch["image"].to(accelerator.device)
+        with accelerator.autocast():
+            recon, clean = net(images)
+        recon, clean = recon.float().cpu(), clean.float().cpu()
+        noisy = add_proportional_noise(clean, cfg.ae.noise, gen)
+        sums += torch.tensor([float(((recon - clean) ** 2).sum()),
+                              float(((noisy - clean) ** 2).sum()),
+                              float((clean ** 2).sum()), clean.numel()], dtype=torch.float64)
+    net.train()
+    if accelerator.num_processes > 1:
+        torch.distributed.all_reduce(sums)
+    n = max(float(sums[3]), 1.0)
+    mse = float(sums[0]) / n
+    return {"val_loss": mse, "val_recon_mse": mse,
+            "val_recon_rel": float(sums[0] / sums[2].clamp_min(1e-12)),
+            "val_noisy_rel": float(sums[1] / sums[2].clamp_min(1e-12))}
+
+
+def task_loss(cfg: TrainConfig, out, target, weights) -> torch.Tensor:
+    if cfg.task == "ae":
+        recon, clean = out
+        return F.mse_loss(recon.float(), clean.float())
+    return heatmap_loss(out, target, weights)
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A run directory (its best/ model), a checkpoint directory or a .safetensors file."""
+    path = Path(path)
+    for candidate in (path / "best" / "model.safetensors", path / "model.safetensors", path):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no weights (expected RUN/best/, a checkpoint directory "
+                            "or a .safetensors file)")
+
+
+def _part(weights: dict, prefix: str) -> dict:
+    """The `prefix.` sub-dictionary when the file holds a combined model, else all of it."""
+    sub = {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+    return sub or weights
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The network of cfg.task, with weights from train.init_from / ae.shg_from / ae.ae_from."""
+    from .autoencoder import AEPhase1, BottleneckAE, SHGWithAE
+    from .model import StackedHourglass
+
+    m = cfg.model
+    shg = StackedHourglass(m.stacks, m.features, m.joints, init=m.init, zero_heads=m.zero_heads)
+    if cfg.task == "pose":
+        model = shg
+    else:
+        if not cfg.ae.shg_from:
+            raise ValueError(f"task={cfg.task} needs ae.shg_from (the trained SHG run)")
+        source = resolve_weights(cfg.ae.shg_from)
+        weights = _part(load_weights(source)[0], "shg")
+        check_compatible(shg, weights, str(source))
+        shg.load_state_dict(weights)
+        ae = BottleneckAE(m.features, cfg.ae.hidden, cfg.ae.channels, cfg.ae.downsample)
+        if cfg.task == "ae":
+            model = AEPhase1(shg, ae, cfg.ae.stack, cfg.ae.noise)
+        else:
+            if not cfg.ae.ae_from:
+                raise ValueError("task=pose_ae needs ae.ae_from (the phase-1 AE run)")
+            source = resolve_weights(cfg.ae.ae_from)
+            weights = _part(load_weights(source)[0], "ae")
+            check_compatible(ae, weights, str(source))
+            ae.load_state_dict(weights)
+            model = SHGWithAE(shg, ae, cfg.ae.stack, cfg.ae.freeze_ae)
+    if cfg.train.init_from:
+        source = resolve_weights(cfg.train.init_from)
+        weights, _ = load_weights(source)
+        check_compatible(model, weights, str(source))
+        model.load_state_dict(weights)
+    return model
+
+
 def selected_pck(cfg: TrainConfig, metrics: dict) -> float:
     norm, _, thr = cfg.eval.select.partition("@")
     key = f"pck_{norm}@{float(thr):g}"
@@ -271,8 +366,6 @@ def train(cfg: TrainConfig) -> dict:
     from shards.build import read_manifest
     from shards.reader import TrainStream, train_loader
     from shards.sample import SampleConfig
-
-    from .model import StackedHourglass
 
     cfg.mixed_precision = resolve_precision(cfg.mixed_precision)  # saved resolved
     if not cfg.data.shards:
@@ -292,8 +385,7 @@ def train(cfg: TrainConfig) -> dict:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
 
-    model = StackedHourglass(cfg.model.stacks, cfg.model.features, cfg.model.joints,
-                             init=cfg.model.init, zero_heads=cfg.model.zero_heads)
+    model = build_model(cfg)
     bn_mode = cfg.distributed.batchnorm
     if bn_mode == "auto":
         bn_mode = "sync" if torch.cuda.is_available() and world > 1 else "rank0"
@@ -302,15 +394,11 @@ def train(cfg: TrainConfig) -> dict:
             raise ValueError("distributed.batchnorm=sync needs CUDA (SyncBatchNorm refuses CPU);"
                              " use rank0")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.train.init_from:
-        weights, _ = load_weights(cfg.train.init_from)
-        check_compatible(model, weights, cfg.train.init_from)
-        model.load_state_dict(weights)
     if cfg.model.channels_last and not cfg.distributed.deepspeed_config:
         # (ZeRO flattens parameters through views that need contiguous weights; there only the
         # activations go channels-last.)
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     if cfg.train.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -371,22 +459,27 @@ def train(cfg: TrainConfig) -> dict:
     def run_validation() -> bool:
         """Validate, keep best/ by PCK; returns True when early stopping says stop."""
         broadcast_buffers(model, accelerator)
-        metrics = validate(cfg, model, accelerator)
-        score = selected_pck(cfg, metrics)
-        improved = score > progress.best_pck
+        if cfg.task == "ae":
+            metrics = validate_ae(cfg, model, accelerator)
+            score, what = -metrics["val_recon_mse"], "reconstruction MSE"
+        else:
+            metrics = validate(cfg, model, accelerator)
+            score, what = selected_pck(cfg, metrics), f"PCK {cfg.eval.select}"
+        improved = score > progress.best_score
         if improved:
-            progress.best_pck, progress.best_step = score, progress.step
+            progress.best_score, progress.best_step = score, progress.step
             progress.evals_without_gain = 0
             if is_main:
                 save_best(run_dir, unwrap(model, accelerator).state_dict(),
                           {**metadata, "step": progress.step, "metrics": metrics})
         else:
             progress.evals_without_gain += 1
-        logger.log({"step": progress.step, **metrics, "best_pck": progress.best_pck})
+        logger.log({"step": progress.step, **metrics, "best_score": progress.best_score})
         if is_main:
+            shown, best = (-score, -progress.best_score) if cfg.task == "ae" else (
+                score, progress.best_score)
             bar.write(f"step {progress.step}: val loss {metrics['val_loss']:.5f}, "
-                      f"PCK {cfg.eval.select} {score:.3f} (best {progress.best_pck:.3f} at "
-                      f"step {progress.best_step})")
+                      f"{what} {shown:.4g} (best {best:.4g} at step {progress.best_step})")
         patience = cfg.eval.early_stop_patience
         return bool(patience and progress.evals_without_gain >= patience)
 
@@ -409,7 +502,7 @@ def train(cfg: TrainConfig) -> dict:
         with (accelerator.no_sync(model) if not sync else _nullcontext()):
             with accelerator.autocast():
                 out = model(images)
-            loss = heatmap_loss(out, target, weights)
+            loss = task_loss(cfg, out, target, weights)
             accelerator.backward(loss if use_ds else loss / accum)
         loss_acc += float(loss.detach()) / accum
         if os.environ.get("SHG_FAULT") == f"nan:{progress.step + 1}":  # test hook
@@ -457,7 +550,7 @@ def train(cfg: TrainConfig) -> dict:
             break
     bar.close()
     logger.close()
-    summary = {"step": progress.step, "best_pck": progress.best_pck,
+    summary = {"step": progress.step, "best_score": progress.best_score,
                "best_step": progress.best_step, "run_dir": str(run_dir)}
     accelerator.wait_for_everyone()
     accelerator.end_training()

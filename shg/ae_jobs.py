@@ -1,0 +1,112 @@
+"""`shg ae train | finetune | compare`: the two autoencoder phases and the fair comparison.
+
+Every phase is an ordinary `shg train` run (so it has the same Accelerate/DDP/DeepSpeed,
+mixed-precision and checkpoint/resume behaviour) whose configuration starts from the SHG run's
+own resolved config.toml:
+
+    shg ae train    --run RUN [key=value ...]      phase 1 -> RUN-ae          (task = "ae")
+    shg ae finetune --run RUN --ae RUN-ae [...]    phase 2 -> RUN-ae-finetune (task = "pose_ae")
+    shg ae compare  --run RUN --ae RUN-ae --out OUT [...]
+        runs phase 2 and a baseline that continues the plain SHG from the same weights for the
+        same number of steps (RUN-continue), then writes OUT/compare.{json,md} and
+        OUT/compare.png, so one sees whether a gain comes from the AE or from longer training.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _train(run: Path, overrides: list[str], nproc: int) -> None:
+    config = run / "config.toml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run}: no config.toml (is it a `shg train` run directory?)")
+    cmd = [sys.executable, "-m", "shg.cli", "train", "--config", str(config),
+           "--nproc", str(nproc), "checkpoint.resume=auto", *overrides]
+    code = subprocess.call(cmd)
+    if code:
+        raise RuntimeError(f"training failed (exit {code}): {' '.join(cmd)}")
+
+
+def phase1(run: str, overrides: list[str], nproc: int = 1) -> Path:
+    out = Path(f"{run.rstrip('/')}-ae")
+    _train(Path(run), ["task=ae", f"ae.shg_from={run}", f"run_dir={out}", *overrides], nproc)
+    return out
+
+
+def phase2(run: str, ae_run: str, overrides: list[str], nproc: int = 1) -> Path:
+    out = Path(f"{run.rstrip('/')}-ae-finetune")
+    _train(Path(run), ["task=pose_ae", f"ae.shg_from={run}", f"ae.ae_from={ae_run}",
+                       f"run_dir={out}", *overrides], nproc)
+    return out
+
+
+def baseline(run: str, overrides: list[str], nproc: int = 1) -> Path:
+    out = Path(f"{run.rstrip('/')}-continue")
+    _train(Path(run), ["task=pose", f"train.init_from={run}", f"run_dir={out}", *overrides],
+           nproc)
+    return out
+
+
+def _validations(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "val_loss" in r]
+
+
+def compare(run: str, ae_run: str, out: str, overrides: list[str], nproc: int = 1) -> dict:
+    finetuned = phase2(run, ae_run, overrides, nproc)
+    base = baseline(run, overrides, nproc)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for name, path in (("baseline (continue SHG)", base), ("SHG + AE (phase 2)", finetuned)):
+        vals = _validations(path)
+        if not vals:
+            raise ValueError(f"{path}: no validation in metrics.jsonl")
+        pck_keys = sorted(k for k in vals[-1] if k.startswith("pck_"))
+        best = max(vals, key=lambda r: r["best_score"])
+        table[name] = {"run": str(path), "steps": vals[-1]["step"],
+                       "final": {k: vals[-1][k] for k in ["val_loss", *pck_keys]},
+                       "best_score": best["best_score"],
+                       "curve": [{"step": r["step"], "val_loss": r["val_loss"],
+                                  **{k: r[k] for k in pck_keys}} for r in vals]}
+    (out_dir / "compare.json").write_text(json.dumps(table, indent=1))
+    names = list(table)
+    keys = list(table[names[0]]["final"])
+    lines = ["| metric | " + " | ".join(names) + " | difference |", "|---|---|---|---|"]
+    for k in ["steps", *keys, "best_score"]:
+        a = table[names[0]]["steps"] if k == "steps" else (
+            table[names[0]]["best_score"] if k == "best_score" else table[names[0]]["final"][k])
+        b = table[names[1]]["steps"] if k == "steps" else (
+            table[names[1]]["best_score"] if k == "best_score" else table[names[1]]["final"][k])
+        lines.append(f"| {k} | {a:.4g} | {b:.4g} | {b - a:+.4g} |")
+    text = "\n".join(lines)
+    (out_dir / "compare.md").write_text(
+        f"# Bottleneck AE vs longer training\n\nBoth start from `{run}` and train the same "
+        "number of steps with the same data order and schedule.\n\n" + text + "\n\n"
+        "![validation curves](compare.png)\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    select = next((k for k in keys if k.startswith("pck_constant@0.5")), keys[-1])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name in names:
+        curve = table[name]["curve"]
+        steps = [r["step"] for r in curve]
+        axes[0].plot(steps, [r[select] for r in curve], "o-", label=name)
+        axes[1].plot(steps, [r["val_loss"] for r in curve], "o-", label=name)
+    axes[0].set_title(select)
+    axes[1].set_title("validation loss")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "compare.png", dpi=100)
+    plt.close(fig)
+    print(text)
+    return table

@@ -1,0 +1,134 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shg.autoencoder import AEPhase1, BottleneckAE, SHGWithAE, add_proportional_noise
+from shg.checkpoint import load_weights
+from shg.model import StackedHourglass
+
+SMALL = ["data.num_workers=0", "eval.max_samples=8", "eval.batch_size=8",
+         "train.batch_size=2", "train.log_every=1", "eval.every_steps=2",
+         "checkpoint.every_steps=2", "train.deterministic=true",
+         "ae.hidden=8", "ae.channels=4"]
+
+
+def test_shapes_and_relu_output():
+    ae = BottleneckAE(features=16, hidden=8, channels=4)
+    x = torch.randn(3, 16, 4, 4)
+    assert ae.encode(x).shape == (3, 4, 2, 2)
+    y = ae(x)
+    assert y.shape == x.shape and (y >= 0).all()
+    flat = BottleneckAE(features=16, hidden=8, channels=4, downsample=False)
+    assert flat.encode(x).shape == (3, 4, 4, 4) and flat(x).shape == x.shape
+
+
+def test_noise_has_the_stated_variance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((400_000,), 2.0)
+    noisy = add_proportional_noise(x, 0.1, g)
+    assert (noisy - x).mean().abs() < 0.002
+    assert (noisy - x).std().item() == pytest.approx(0.2, rel=0.01)  # 0.1 * |x|
+    assert torch.equal(add_proportional_noise(torch.zeros(10), 0.1, g), torch.zeros(10))
+    x = torch.tensor([1.0, 10.0]).repeat(200_000)
+    d = (add_proportional_noise(x, 0.3, g) - x).view(-1, 2)
+    assert d.std(0).tolist() == pytest.approx([0.3, 3.0], rel=0.02)
+
+
+def test_phase_modules_freeze_and_insert():
+    shg = StackedHourglass(stacks=2, features=16, joints=5, zero_heads=False)
+    ae = BottleneckAE(16, 8, 4)
+    p1 = AEPhase1(shg, ae, stack=-1, noise=0.1).train()
+    assert not shg.training and all(not p.requires_grad for p in shg.parameters())
+    recon, clean = p1(torch.randn(2, 3, 256, 256))
+    assert recon.shape == clean.shape == (2, 16, 4, 4)
+    assert clean.grad_fn is None and recon.requires_grad
+    shg2 = StackedHourglass(stacks=2, features=16, joints=5, zero_heads=False).eval()
+    x = torch.randn(1, 3, 256, 256)
+    plain = shg2(x)
+    with_ae = SHGWithAE(shg2, BottleneckAE(16, 8, 4), stack=1, freeze_ae=True).eval()
+    out = with_ae(x)
+    assert out.shape == plain.shape
+    assert torch.allclose(out[:, 0], plain[:, 0])       # stack 0 untouched
+    assert not torch.allclose(out[:, 1], plain[:, 1])   # stack 1 went through the AE
+    assert shg2.bottleneck_hook is None                 # hook removed after forward
+    assert all(not p.requires_grad for p in with_ae.ae.parameters())
+
+
+def _shg(args, check=True, env=None):
+    proc = subprocess.run([sys.executable, "-m", "shg.cli", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def phase1_run(trained_run):
+    out = Path(f"{trained_run}-ae")
+    _shg(["ae", "train", "--run", str(trained_run), "train.max_steps=12", "optim.lr=0.003",
+          *SMALL])
+    return out
+
+
+def test_phase1_loss_falls_and_reports_reconstruction(phase1_run):
+    rows = [json.loads(l) for l in (phase1_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    vals = [r for r in rows if "val_recon_mse" in r]
+    assert vals and all(0 <= r["val_recon_rel"] for r in vals)
+    assert vals[-1]["val_recon_mse"] < vals[0]["val_recon_mse"]
+    assert 'task = "ae"' in (phase1_run / "config.toml").read_text()
+    best = load_weights(phase1_run / "best")[0]
+    assert any(k.startswith("ae.") for k in best)
+
+
+def test_phase2_loads_both_and_resumes_exactly(trained_run, phase1_run, tmp_path):
+    ae_best = {k[3:]: v for k, v in load_weights(phase1_run / "best")[0].items()
+               if k.startswith("ae.")}
+    base = [*SMALL, "train.max_steps=4", "ae.freeze_ae=true"]
+    ref = tmp_path / "ref"
+    _shg(["ae", "finetune", "--run", str(trained_run), "--ae", str(phase1_run),
+          f"run_dir={ref}", *base])
+    final = load_weights(ref / "checkpoints" / "step-00000004")[0]
+    assert all(torch.equal(final[f"ae.{k}"], v) for k, v in ae_best.items())  # frozen AE kept
+    shg_before = load_weights(trained_run / "best")[0]
+    assert any(not torch.equal(final[f"shg.{k}"], v) for k, v in shg_before.items()
+               if v.dtype.is_floating_point)
+    killed = tmp_path / "killed"
+    proc = _shg(["ae", "finetune", "--run", str(trained_run), "--ae", str(phase1_run),
+                 f"run_dir={killed}", *base], check=False, env={"SHG_FAULT": "step:3"})
+    assert proc.returncode != 0
+    _shg(["ae", "finetune", "--run", str(trained_run), "--ae", str(phase1_run),
+          f"run_dir={killed}", *base])
+    again = load_weights(killed / "checkpoints" / "step-00000004")[0]
+    assert all(torch.equal(final[k], again[k]) for k in final)
+    # the fine-tuned model evaluates like any other
+    from shg.cli import main as shg
+
+    assert shg(["eval", "--run", str(ref), "--shards",
+                str(json_shards(ref)), "--split", "val2017", "--out", str(tmp_path / "ev"),
+                "--max-samples", "8", "--no-flip"]) == 0
+
+
+def json_shards(run):
+    import tomllib
+
+    return tomllib.loads((run / "config.toml").read_text())["data"]["shards"]
+
+
+def test_compare_writes_table_and_curves(trained_run, phase1_run, tmp_path):
+    out = tmp_path / "cmp"
+    _shg(["ae", "compare", "--run", str(trained_run), "--ae", str(phase1_run),
+          "--out", str(out), *SMALL, "train.max_steps=2"])
+    table = json.loads((out / "compare.json").read_text())
+    assert len(table) == 2
+    steps = {row["steps"] for row in table.values()}
+    assert steps == {2}
+    assert all("pck_constant@0.5" in row["final"] for row in table.values())
+    assert (out / "compare.png").stat().st_size > 0
+    assert "difference" in (out / "compare.md").read_text()
