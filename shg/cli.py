@@ -132,7 +132,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         argv = ["--shards", args.shards, "--split", args.split, "--out", args.out,
                 "--batch-size", str(args.batch_size), "--max-samples", str(args.max_samples),
-                "--workers", str(args.workers)]
+                "--workers", str(args.workers), "--decode", args.decode]
         for flag, value in (("--run", args.run), ("--step", args.step), ("--model", args.model),
                             ("--coco-ann", args.coco_ann)):
             if value is not None:
@@ -146,7 +146,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         shards=args.shards, split=args.split, out=args.out, run=args.run, step=args.step,
         model_file=args.model, coco_ann=args.coco_ann, flip=not args.no_flip,
         oracle=args.oracle, batch_size=args.batch_size, max_samples=args.max_samples,
-        num_workers=args.workers))
+        num_workers=args.workers, refine=args.decode))
     if summary:  # rank 0
         print_summary(summary)
         print(f"report: {args.out}/report.md")
@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-samples", type=int, default=0, help="0 = all")
     p.add_argument("--workers", type=int, default=1, help="loader processes")
+    p.add_argument("--decode", choices=["quarter", "dark", "none"], default="quarter",
+                   help="heatmap refinement (default: quarter-cell shift)")
     p.add_argument("--nproc", type=int, default=1, help="processes (through torchrun)")
     p.set_defaults(func=_cmd_eval)
 

@@ -45,6 +45,8 @@ class EvalOptions:
     batch_size: int = 32
     max_samples: int = 0
     num_workers: int = 1
+    refine: str = "quarter"
+    """Heatmap decoding: "quarter" (Newell), "dark" (Zhang et al. 2020) or "none"."""
 
 
 def load_model(opts: EvalOptions):
@@ -122,7 +124,7 @@ def run_eval(opts: EvalOptions) -> dict:
         else:
             heat = predict_batch(model, batch["image"], opts.flip)
         crop_size = batch["image"].shape[-1]
-        coords, conf = decode_heatmaps(heat, crop_size)
+        coords, conf = decode_heatmaps(heat, crop_size, refine=opts.refine)
         for i, meta_i in enumerate(batch["meta"]):
             rows.append({
                 "index": int(batch["index"][i]), "key": batch["key"][i],
@@ -151,6 +153,7 @@ def run_eval(opts: EvalOptions) -> dict:
     if opts.coco_ann:
         summary["coco"] = coco_eval(opts.coco_ann, results, out)
     summary.update({"samples": len(rows), "split": opts.split, "flip_test": opts.flip,
+                    "decode": opts.refine,
                     "oracle": opts.oracle,
                     "model": None if opts.oracle else str(source)})
     from .report import write_report

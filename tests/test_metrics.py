@@ -73,3 +73,18 @@ def test_flip_back_restores_a_symmetric_prediction():
     c0, _ = decode_heatmaps(original)
     c1, _ = decode_heatmaps(0.5 * (original + flip_back(on_flipped, FLIP_INDEX)))
     assert torch.allclose(c0, c1)
+
+
+def test_dark_recovers_a_subpixel_gaussian_peak():
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    true = [(20.3, 31.7), (40.8, 10.2), (5.5, 50.25)]
+    hm = torch.stack([torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 2) for x, y in true])[None]
+    dark, _ = decode_heatmaps(hm, 64, refine="dark")
+    quarter, _ = decode_heatmaps(hm, 64)
+    expected = torch.tensor(true) + 0.5  # cell centres at j + 0.5 with crop == heatmap size
+    err_dark = (dark[0] - expected).norm(dim=-1)
+    err_quarter = (quarter[0] - expected).norm(dim=-1)
+    assert (err_dark < 0.1).all(), err_dark
+    assert err_dark.mean() < err_quarter.mean()
+    with pytest.raises(ValueError):
+        decode_heatmaps(hm, 64, refine="bogus")
