@@ -201,14 +201,16 @@ class EvalStream(IterableDataset):
     def __init__(self, root: str | Path, split: str, batch_size: int, *,
                  rank: int | None = None, world: int | None = None,
                  cfg: SampleConfig | None = None, mean_from: str | None = None,
-                 on_error: str = "raise", limit: int | None = None):
+                 on_error: str = "raise", limit: int | None = None, mean=None):
         self.root, self.split = Path(root), split
         entry = split_entry(root, split)
         self.shards = [(self.root / s["file"], s["num_samples"]) for s in entry["shards"]]
         self.offsets = np.cumsum([0] + [n for _, n in self.shards])
         self.num_samples = entry["num_samples"] if limit is None else min(limit,
                                                                           entry["num_samples"])
-        self.mean = mean_rgb(root, split, mean_from)
+        # `mean`: a model's own training mean (from its weights' metadata) wins.
+        self.mean = (np.asarray(mean, dtype=np.float32) if mean is not None
+                     else mean_rgb(root, split, mean_from))
         default_rank, default_world = dist_rank_world()
         self.rank = default_rank if rank is None else rank
         self.world = default_world if world is None else world

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +108,8 @@ def run_eval(opts: EvalOptions) -> dict:
     if not opts.oracle:
         model, meta, source = load_model(opts)
     stream = EvalStream(opts.shards, opts.split, opts.batch_size, rank=rank, world=world,
-                        mean_from="train2017", limit=opts.max_samples or None)
-    if meta and meta.get("mean_rgb"):
-        stream.mean = np.asarray(meta["mean_rgb"], dtype=np.float32)  # the training mean
+                        mean_from="train2017", limit=opts.max_samples or None,
+                        mean=(meta or {}).get("mean_rgb"))
     rows = []
     from tqdm import tqdm
 

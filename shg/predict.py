@@ -7,7 +7,6 @@ The person is cropped exactly as in training (the whole image when no box is giv
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

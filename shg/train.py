@@ -198,25 +198,30 @@ def unwrap(model, accelerator) -> torch.nn.Module:
 
 # ----------------------------------------------------------------------------- validation
 
+def _val_batches(cfg: TrainConfig, accelerator):
+    """This rank's share of the validation split, each sample once, un-augmented."""
+    from shards.reader import EvalStream, eval_loader
+    from shards.sample import SampleConfig
+
+    stream = EvalStream(cfg.data.shards, cfg.data.val_split, cfg.eval.batch_size,
+                        rank=accelerator.process_index, world=accelerator.num_processes,
+                        cfg=SampleConfig(sigma=cfg.data.sigma), mean_from=cfg.data.train_split,
+                        limit=cfg.eval.max_samples or None)
+    return eval_loader(stream, num_workers=min(cfg.data.num_workers, 2))
+
+
 @torch.no_grad()
 def validate(cfg: TrainConfig, model, accelerator) -> dict:
     """Val loss and PCK (constant and bbox normalisation) over the validation split,
     each sample once, split over ranks and gathered."""
-    from shards.reader import EvalStream, eval_loader
-    from shards.sample import SampleConfig
-
     from .decode import decode_heatmaps
     from .metrics import bbox_norm, constant_norm, pck
 
     net = unwrap(model, accelerator)
     was_training = net.training
     net.eval()
-    stream = EvalStream(cfg.data.shards, cfg.data.val_split, cfg.eval.batch_size,
-                        rank=accelerator.process_index, world=accelerator.num_processes,
-                        cfg=SampleConfig(sigma=cfg.data.sigma), mean_from=cfg.data.train_split,
-                        limit=cfg.eval.max_samples or None)
     rows, loss_sum, n = [], 0.0, 0
-    for batch in eval_loader(stream, num_workers=min(cfg.data.num_workers, 2)):
+    for batch in _val_batches(cfg, accelerator):
         images = batch["image"].to(accelerator.device)
         if cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -262,20 +267,13 @@ def validate(cfg: TrainConfig, model, accelerator) -> dict:
 def validate_ae(cfg: TrainConfig, model, accelerator) -> dict:
     """Phase 1: reconstruction error of the clean validation latents (no noise), and for
     reference the error of the noisy latent itself (what the AE must undo)."""
-    from shards.reader import EvalStream, eval_loader
-    from shards.sample import SampleConfig
-
     from .autoencoder import add_proportional_noise
 
     net = unwrap(model, accelerator)
     net.eval()
-    stream = EvalStream(cfg.data.shards, cfg.data.val_split, cfg.eval.batch_size,
-                        rank=accelerator.process_index, world=accelerator.num_processes,
-                        cfg=SampleConfig(sigma=cfg.data.sigma), mean_from=cfg.data.train_split,
-                        limit=cfg.eval.max_samples or None)
     sums = torch.zeros(4, dtype=torch.float64)  # recon SE, noisy SE, clean energy, elements
     gen = torch.Generator().manual_seed(0)
-    for batch in eval_loader(stream, num_workers=min(cfg.data.num_workers, 2)):
+    for batch in _val_batches(cfg, accelerator):
         images = batch["image"].to(accelerator.device)
         with accelerator.autocast():
             recon, clean = net(images)

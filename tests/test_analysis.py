@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from shg.analysis.common import nearest
 from shg.cli import main as shg

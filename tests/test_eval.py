@@ -1,10 +1,8 @@
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from shg.cli import main as shg
 

@@ -102,7 +102,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(synth_shards, tmp_path):
                 "step-00000002"]
         resumed = run_train(synth_shards, run, *common)
         expected_from = {"step:3": 2, "save:4": 2, "step:5": 4}[fault]
-        assert f"resumed from" in resumed.stdout and f"at step {expected_from}" in resumed.stdout
+        assert "resumed from" in resumed.stdout and f"at step {expected_from}" in resumed.stdout
         assert same(weights(run, 6), final), f"weights differ after {fault}"
         assert not list((run / "checkpoints").glob(".tmp-*"))
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from shards.reader import EvalStream, eval_loader, split_entry
 
@@ -27,9 +26,7 @@ def batches(shards: str, split: str, batch_size: int, meta: dict | None,
 
     entry = split_entry(shards, split)
     stream = EvalStream(shards, split, batch_size, rank=0, world=1, mean_from="train2017",
-                        limit=limit)
-    if meta and meta.get("mean_rgb"):
-        stream.mean = np.asarray(meta["mean_rgb"], dtype=np.float32)
+                        limit=limit, mean=(meta or {}).get("mean_rgb"))
     total = min(entry["num_samples"], limit or entry["num_samples"])
     with tqdm(total=total, desc=desc, unit="crop",
               mininterval=0.5 if sys.stderr.isatty() else 30.0) as bar:
