@@ -68,7 +68,7 @@ def read_shard(path: Path, expected: int | None, on_error: str = "raise") -> Ite
             yield sample
         if expected is not None and count != expected:
             raise ValueError(f"read {count} samples, manifest says {expected} (truncated?)")
-    except (Exception) as exc:  # tarfile/wds raise many kinds for damaged archives
+    except Exception as exc:  # tarfile/wds raise many kinds for damaged archives
         if isinstance(exc, DataError):
             raise
         message = f"shard {path}: {exc}"

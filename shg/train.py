@@ -19,6 +19,7 @@ any moment and resumed ends with bit-identical weights to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -497,7 +498,7 @@ def train(cfg: TrainConfig) -> dict:
         micro += 1
         last_micro = micro == accum
         sync = last_micro or use_ds
-        with (accelerator.no_sync(model) if not sync else _nullcontext()):
+        with (accelerator.no_sync(model) if not sync else contextlib.nullcontext()):
             with accelerator.autocast():
                 out = model(images)
             loss = task_loss(cfg, out, target, weights)
@@ -508,7 +509,9 @@ def train(cfg: TrainConfig) -> dict:
         if not last_micro:
             continue
         micro = 0
-        # Every rank must agree before stepping: one rank's NaN stops all of them.
+        # Every rank must agree before stepping: one rank's NaN stops all of them. (Under
+        # DeepSpeed the engine has already stepped inside backward; the run still stops before
+        # anything is saved, so the last good checkpoint stays the newest.)
         bad = torch.tensor([0.0 if math.isfinite(loss_acc) else 1.0], device=accelerator.device)
         if world > 1:
             torch.distributed.all_reduce(bad)
@@ -553,14 +556,6 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def save_best(run_dir: Path, state_dict: dict, info: dict) -> None:
