@@ -80,22 +80,13 @@ def _cmd_shards_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
-
     forwarded = (["--config", args.config] if args.config else []) + list(args.overrides)
     if args.resume:
         forwarded.append(f"checkpoint.resume={args.resume}")
     if args.nproc > 1:
-        # One process per CPU slot/GPU through torchrun (Accelerate reads its environment).
-        import torch
+        from .launch import run_local
 
-        env = dict(os.environ, SHG_EXPECT_PROCESSES=str(args.nproc))
-        if not torch.cuda.is_available():
-            env["ACCELERATE_USE_CPU"] = "true"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={args.nproc}", "-m", "shg.train", *forwarded]
-        return subprocess.call(cmd, env=env)
+        return run_local(["-m", "shg.train", *forwarded], args.nproc)
     from .train import main as train_main
 
     return train_main(forwarded)
@@ -262,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a Stacked Hourglass (Accelerate; DDP/DeepSpeed)")
     p.add_argument("--config", help="TOML config, e.g. configs/tiny.toml")
     p.add_argument("--nproc", type=int, default=1,
-                   help="processes on this machine (launched through torchrun)")
+                   help="processes on this machine (stop signals are forwarded to all)")
     p.add_argument("--resume", choices=["auto", "none"],
                    help="auto (default): continue from the newest checkpoint; none: start over")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")

@@ -112,8 +112,18 @@ class TrainSection:
     """torch.use_deterministic_algorithms: bit-exact reruns and resumes (slower on GPU)."""
     init_from: str = ""
     """Start from the weights of a checkpoint or .safetensors (fresh optimizer, step 0)."""
+    stop_signals: list[str] = field(default_factory=lambda: ["USR2", "TERM"])
+    """On these signals (Slurm's warning before a time-out or preemption) every rank finishes
+    its step, a checkpoint is saved collectively and the run exits with code 75 (requeue it:
+    it resumes from there)."""
 
     def __post_init__(self) -> None:
+        import signal as _signal
+
+        for name in self.stop_signals:
+            if not hasattr(_signal, f"SIG{name}"):
+                raise ConfigError(f"train.stop_signals: unknown signal {name!r} (e.g. USR1, "
+                                  "USR2, TERM)")
         for name in ("batch_size", "max_steps", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")

@@ -37,6 +37,29 @@ from .checkpoint import (Checkpointer, check_compatible, latest_checkpoint, load
 from .config import TrainConfig, dump_toml, load_config, resolve_precision
 
 EXIT_DIVERGED = 3
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped by a signal after saving; run again to resume
+
+
+class _StopFlag:
+    """Set by the stop signals' handler; read (and agreed on by all ranks) after every step."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def install(self, names: list[str]) -> None:
+        for name in names:
+            signal.signal(getattr(signal, f"SIG{name}"), self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+
+def _agreed(flag: _StopFlag, accelerator) -> bool:
+    """True on every rank as soon as any rank got a stop signal."""
+    wanted = torch.tensor([1.0 if flag.signal else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        torch.distributed.all_reduce(wanted, op=torch.distributed.ReduceOp.MAX)
+    return bool(wanted.item() > 0)
 
 
 class TrainingDiverged(RuntimeError):
@@ -482,6 +505,10 @@ def train(cfg: TrainConfig) -> dict:
         patience = cfg.eval.early_stop_patience
         return bool(patience and progress.evals_without_gain >= patience)
 
+    stop_flag = _StopFlag()
+    stop_flag.install(cfg.train.stop_signals)
+    preempted = False
+    saved_at = -1
     model.train()
     t_last, samples_last = time.perf_counter(), progress.samples_seen
     micro, loss_acc = 0, 0.0
@@ -544,6 +571,17 @@ def train(cfg: TrainConfig) -> dict:
             stop = run_validation()
         if progress.step % cfg.checkpoint.every_steps == 0 or final or stop:
             save_checkpoint()
+            saved_at = progress.step
+        if not final and _agreed(stop_flag, accelerator):
+            if saved_at != progress.step:
+                save_checkpoint()
+            preempted = True
+            by = stop_flag.signal or "a signal on another rank"
+            logger.log({"step": progress.step, "event": f"stopped by {by}"})
+            if is_main:
+                bar.write(f"stopped by a signal at step {progress.step}: checkpoint saved; "
+                          "run the same command again (or requeue) to resume")
+            break
         if stop:
             if is_main:
                 bar.write(f"early stopping: {cfg.eval.early_stop_patience} validations "
@@ -552,7 +590,8 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     logger.close()
     summary = {"step": progress.step, "best_score": progress.best_score,
-               "best_step": progress.best_step, "run_dir": str(run_dir)}
+               "best_step": progress.best_step, "run_dir": str(run_dir),
+               "stopped_by_signal": preempted}
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -628,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(cfg)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(summary))
+        if summary["stopped_by_signal"]:
+            code = EXIT_REQUEUE
     except TrainingDiverged as exc:
         print(f"shg train: {exc}", file=sys.stderr)
         code = EXIT_DIVERGED

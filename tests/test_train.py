@@ -2,8 +2,8 @@
 bit-identically after SIGKILL, NaN stops cleanly, mismatched weights are named."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +191,52 @@ def test_grad_accumulation_resumes_exactly(synth_shards, tmp_path):
 def test_fp16_on_cpu_is_refused(synth_shards, tmp_path):
     proc = run_train(synth_shards, tmp_path / "fp16", "mixed_precision=fp16", check=False)
     assert proc.returncode == 2 and "fp16 needs a GPU" in proc.stderr
+
+
+def _wait_for_step(run, step, proc, timeout=120):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        metrics = Path(run) / "metrics.jsonl"
+        if metrics.exists() and any(json.loads(l).get("step", 0) >= step
+                                    for l in metrics.read_text().splitlines() if l.strip()):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_stop_signal_saves_and_the_rerun_resumes_exactly(synth_shards, tmp_path, nproc):
+    """Slurm's warning signal before preemption/time-out: every rank finishes its step, a
+    checkpoint is saved collectively, exit 75; running again ends bit-identical."""
+    import signal as sig
+
+    common = ["train.max_steps=30", "eval.every_steps=100", "checkpoint.every_steps=100"]
+    args = ["--config", "configs/tiny.toml", f"data.shards={synth_shards}", *TINY, *common]
+    ref = tmp_path / "ref"
+    run_train(synth_shards, ref, *common)
+    run = tmp_path / "sig"
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "shg.train", *args, f"run_dir={run}"]
+    else:
+        cmd = [sys.executable, "-m", "shg.cli", "train", "--nproc", "2", *args, f"run_dir={run}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert _wait_for_step(run, 5, proc), proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, sig.SIGUSR2)  # Slurm signals every task of the job
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    saved = complete_checkpoints(run / "checkpoints")
+    assert len(saved) == 1
+    stopped_at = int(saved[0].name.split("-")[1])
+    assert 5 <= stopped_at < 30
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event", "").startswith("stopped by") for e in events)
+    assert json.loads((saved[0] / "state.json").read_text())["world_size"] == nproc
+    resumed = run_train(synth_shards, run, *common)
+    assert f"at step {stopped_at}" in resumed.stdout
+    if nproc == 1:  # (2 -> 1 process resumes too, in another data order)
+        assert same(weights(run, 30), weights(ref, 30))
