@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -205,6 +206,31 @@ def _cmd_ae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from launcher import submit as sub
+
+    if args.stage == "status":
+        sub.status(args.folder)
+        return 0
+    from launcher.profile import load_profile
+
+    profile = load_profile(args.profile, args.profile_set or [])
+    which = {"pipeline": ("prepare", "train", "eval", "analyze"), "prepare": ("prepare",),
+             "train": ("train",), "eval": ("eval",), "analyze": ("analyze",)}[args.stage]
+    needs = {"coco": "prepare" in which, "config": "train" in which,
+             "run": bool(set(which) & {"train", "eval", "analyze"})}
+    missing = [f"--{k}" for k, needed in needs.items() if needed and not getattr(args, k)]
+    if missing:
+        raise ValueError(f"shg submit {args.stage} needs {', '.join(missing)}")
+    stages = sub.pipeline_stages(args.coco, args.shards, args.config, args.run,
+                                 args.overrides, profile, args.shard_size, which)
+    run_name = Path(args.run).name if args.run else "prepare"
+    sub.submit(stages, profile, args.executor, run_name, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"status: shg submit status {Path(profile.folder) / run_name}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -338,6 +364,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nproc", type=int, default=1)
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
         p.set_defaults(func=_cmd_ae)
+
+    submit = sub.add_parser("submit", help="queue the pipeline as Slurm jobs (submitit)")
+    ssub2 = submit.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, text in (("pipeline", "prepare -> finalize -> train -> eval + analyze"),
+                       ("prepare", "shard building as a job array, then finalize"),
+                       ("train", "the training job (nodes x tasks per node)"),
+                       ("eval", "the evaluation job"), ("analyze", "the analysis jobs")):
+        p = ssub2.add_parser(name, help=text)
+        p.add_argument("--profile", required=True, help="slurm/profiles/NAME.toml")
+        p.add_argument("--set", dest="profile_set", action="append", metavar="KEY=VALUE",
+                       help="override a profile key (repeatable)")
+        p.add_argument("--executor", choices=["slurm", "local", "debug"], default="slurm")
+        p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts only")
+        p.add_argument("--coco", help="COCO root (prepare)")
+        p.add_argument("--shards", required=True, help="shard directory (shared filesystem)")
+        p.add_argument("--shard-size", type=int, default=1000)
+        p.add_argument("--config", help="training TOML (train)")
+        p.add_argument("--run", help="run directory (train/eval/analyze)")
+        p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="training config overrides")
+        p.set_defaults(func=_cmd_submit)
+    p = ssub2.add_parser("status", help="state of a submitted pipeline's jobs")
+    p.add_argument("folder", help="the profile folder / run name printed at submission")
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("info", help="parameters and FLOPs of an SHG")
     p.add_argument("--stacks", type=int, default=8)

@@ -1,0 +1,72 @@
+"""The callables Slurm runs. Small, picklable, importing the heavy modules only when they run
+on the compute node (dinov2's habit)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def build_shards(coco: str, split: str, out: str, shard_size: int, task_index: int,
+                 num_tasks: int) -> dict:
+    from shards.build import BuildOptions, build
+
+    return build(BuildOptions(coco_root=coco, split=split, out=out, shard_size=shard_size,
+                              task_index=task_index, num_tasks=num_tasks, progress=False))
+
+
+def finalize_shards(out: str, splits: list[str]) -> dict:
+    from shards.build import finalize
+
+    return {split: finalize(out, split)["num_samples"] for split in splits}
+
+
+class TrainJob:
+    """One task of the training job: the distributed environment comes from Slurm (through
+    submitit), the trainer handles the pre-time-out signal by saving; on its exit code 75 the
+    job requeues itself (at most max_requeues times) and resumes from that checkpoint."""
+
+    def __init__(self, config: str, overrides: list[str], max_requeues: int = 3):
+        self.config, self.overrides, self.max_requeues = config, list(overrides), max_requeues
+
+    def __call__(self) -> int:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            os.environ.setdefault("LOCAL_WORLD_SIZE", str(env.num_tasks // env.num_nodes))
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ["ACCELERATE_USE_CPU"] = "true"
+        from shg.train import EXIT_REQUEUE, main
+
+        code = main(["--config", self.config, *self.overrides])
+        if code == EXIT_REQUEUE:
+            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+            if env.global_rank == 0:
+                if restarts < self.max_requeues and "SLURM_JOB_ID" in os.environ:
+                    print(f"shg: requeue {restarts + 1}/{self.max_requeues} of job "
+                          f"{os.environ['SLURM_JOB_ID']}", flush=True)
+                    subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]],
+                                   check=False)
+                else:
+                    print(f"shg: not requeued ({restarts} requeues, max {self.max_requeues})",
+                          flush=True)
+            return code
+        if code:
+            raise RuntimeError(f"training failed with exit code {code}")
+        return 0
+
+
+def run_cli(argv: list[str]) -> int:
+    """Evaluation / analysis jobs: exactly the command a user would type."""
+    from shg.cli import main
+
+    code = main(argv)
+    if code:
+        raise RuntimeError(f"`shg {' '.join(argv)}` failed with exit code {code}")
+    sys.stdout.flush()
+    return code

@@ -1,0 +1,64 @@
+"""Slurm site profiles: TOML files in slurm/profiles/, one place for a cluster's defaults.
+
+Unknown keys are rejected with the list of valid ones (submitit's habit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shg.config import ConfigError, load_config
+
+
+@dataclass
+class Profile:
+    folder: str = "runs/slurm"
+    """Job folder on a filesystem every node sees: sbatch scripts, logs, pickled job calls."""
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    time_min: int = 60
+    """Wall-clock limit of each job, minutes."""
+    nodes: int = 1
+    """Nodes of the training job (preparation, evaluation and analysis use one)."""
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    """Training processes per node: one per GPU (or per CPU slot on CPU nodes)."""
+    cpus_per_task: int = 2
+    mem_gb: int = 16
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run before the job (module load ..., source .venv/bin/activate)."""
+    signal_delay_s: int = 120
+    """Slurm sends USR2 this long before a time-out: the trainer saves and exits for requeue."""
+    max_requeues: int = 3
+    prepare_tasks: int = 4
+    """Array tasks that build shards in parallel."""
+
+    def __post_init__(self) -> None:
+        for name in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
+                     "prepare_tasks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"profile: {name} must be >= 1")
+        if self.gpus_per_node < 0 or self.max_requeues < 0 or self.signal_delay_s < 0:
+            raise ConfigError("profile: gpus_per_node, max_requeues, signal_delay_s >= 0")
+
+    def slurm_parameters(self, training: bool = False) -> dict:
+        """submitit parameters (AutoExecutor names) of one job."""
+        params = {"timeout_min": self.time_min, "cpus_per_task": self.cpus_per_task,
+                  "mem_gb": self.mem_gb, "nodes": self.nodes if training else 1,
+                  "tasks_per_node": self.tasks_per_node if training else 1,
+                  "slurm_signal_delay_s": self.signal_delay_s}
+        if self.gpus_per_node:
+            params["gpus_per_node"] = self.gpus_per_node if training else min(
+                1, self.gpus_per_node)
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(self, key):
+                params[f"slurm_{key}"] = getattr(self, key)
+        if self.setup:
+            params["slurm_setup"] = list(self.setup)
+        return params
+
+
+def load_profile(path: str | Path, overrides: list[str] = ()) -> Profile:
+    return load_config(path, list(overrides), cls=Profile)

@@ -1,0 +1,79 @@
+"""The submitit launcher: profiles, the generated sbatch scripts (golden files) and the whole
+pipeline through submitit's local executor (the real-Slurm tests are the next step)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from launcher.profile import load_profile
+from launcher.submit import pipeline_stages, sbatch_preview, status
+from shg.config import ConfigError
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _stages(profile):
+    return {s.name: s for s in pipeline_stages("/data/coco", "/shared/shards",
+                                               "configs/coco.toml", "/shared/runs/r1", [],
+                                               profile)}
+
+
+@pytest.mark.parametrize("stage", ["train", "prepare"])
+def test_sbatch_matches_the_golden_file_for_2_nodes_x_4_gpus(stage):
+    profile = load_profile("slurm/profiles/example-2x4gpu.toml")
+    text = sbatch_preview(_stages(profile)[stage], profile, "/shared/jobs/r1")
+    assert text == (GOLDEN / f"{stage}_2x4gpu.sbatch").read_text()
+
+
+def test_golden_train_script_says_what_matters():
+    text = (GOLDEN / "train_2x4gpu.sbatch").read_text()
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --signal=USR2@180", "#SBATCH --dependency='afterok:<finalize>'",
+                 "module load cuda/12.4"):
+        assert line in text
+    prepare = (GOLDEN / "prepare_2x4gpu.sbatch").read_text()
+    assert "--array=0-63%64" in prepare and "gpus" not in prepare  # 32 tasks x 2 splits, CPU
+
+
+def test_profile_rejects_unknown_keys_with_the_valid_ones(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text('partition = "gpu"\ngpus = 4\n')
+    with pytest.raises(ConfigError, match="unknown key gpus; valid keys: folder, partition"):
+        load_profile(bad)
+    with pytest.raises(ConfigError, match="nodes must be >= 1"):
+        load_profile("slurm/profiles/local.toml", ["nodes=0"])
+    assert load_profile("slurm/profiles/local.toml", ["nodes=2"]).nodes == 2
+
+
+@pytest.mark.slow
+def test_pipeline_through_the_local_executor(synth_root, tmp_path, capsys):
+    from shg.cli import main as shg
+
+    jobs, shards, run = tmp_path / "jobs", tmp_path / "shards", tmp_path / "run"
+    assert shg(["submit", "pipeline", "--profile", "slurm/profiles/local.toml",
+                "--set", f"folder={jobs}", "--executor", "local", "--coco", str(synth_root),
+                "--shards", str(shards), "--shard-size", "16", "--config", "configs/tiny.toml",
+                "--run", str(run), "model.features=16", "train.max_steps=4",
+                "eval.every_steps=2", "checkpoint.every_steps=2", "data.num_workers=0",
+                "eval.max_samples=8"]) == 0
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"train2017", "val2017"}
+    state = json.loads((run / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert state["world_size"] == 2  # tasks_per_node = 2 in local.toml
+    assert (run / "eval" / "pck.json").exists()
+    for name in ("latent", "skips", "skeletons"):
+        assert (run / "analysis" / name).is_dir()
+    capsys.readouterr()
+    rows = status(str(jobs / "run"))
+    assert {r["stage"] for r in rows} == {"prepare", "finalize", "train", "eval", "analyze"}
+    assert all(r["state"] == "FINISHED" for r in rows)
+    assert len([r for r in rows if r["stage"] == "prepare"]) == 4  # 2 tasks x 2 splits
+
+
+def test_missing_arguments_are_named(capsys):
+    from shg.cli import main as shg
+
+    assert shg(["submit", "train", "--profile", "slurm/profiles/local.toml", "--shards", "s",
+                "--dry-run"]) == 2
+    assert "needs --config, --run" in capsys.readouterr().err
