@@ -225,7 +225,6 @@ def build(opts: BuildOptions, params: CropParams = CropParams(), log=print) -> d
             if state is None or state["index"] != index:
                 if state is not None:
                     _close_shard(state, out, opts.split, plan, params, len(shards), fingerprint)
-                state = None
                 state = _open_shard(out, opts.split, index)
             if res["skip"]:
                 reason, message = res["skip"]

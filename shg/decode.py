@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, crop_size: int = 256, quarter_offset: bool = True,
-                    refine: str = "quarter", sigma: float = 1.0
+def decode_heatmaps(heatmaps: torch.Tensor, crop_size: int = 256, refine: str = "quarter",
+                    sigma: float = 1.0
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K, H, W) -> coordinates (N, K, 2) in crop pixels and confidences (N, K).
 
@@ -22,14 +22,13 @@ def decode_heatmaps(heatmaps: torch.Tensor, crop_size: int = 256, quarter_offset
         raise ValueError(f"refine must be quarter, dark or none, not {refine!r}")
     if refine == "dark":
         return _decode_dark(heatmaps, crop_size, sigma)
-    quarter_offset = quarter_offset and refine == "quarter"
     hm = heatmaps.detach().float()
     n, k, h, w = hm.shape
     flat = hm.reshape(n, k, -1)
     conf, idx = flat.max(-1)
     x = (idx % w).float()
     y = torch.div(idx, w, rounding_mode="floor").float()
-    if quarter_offset:
+    if refine == "quarter":
         xi, yi = x.long(), y.long()
         bidx = torch.arange(n)[:, None].expand(n, k)
         kidx = torch.arange(k)[None, :].expand(n, k)

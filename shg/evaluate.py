@@ -48,22 +48,22 @@ class EvalOptions:
     """Heatmap decoding: "quarter" (Newell), "dark" (Zhang et al. 2020) or "none"."""
 
 
-def load_model(opts: EvalOptions):
-    """The model named by --run/--best/--step or --model, with its metadata."""
+def load_model(run: str | None = None, step: int | None = None, model_file: str | None = None):
+    """The model named by --run/--best/--step or --model, with its metadata and source."""
     from .autoencoder import AEPhase1, build_from_config
     from .checkpoint import check_compatible, load_weights, step_dir
 
-    if opts.model_file:
-        source = Path(opts.model_file)
-    elif opts.run is None:
+    if model_file:
+        source = Path(model_file)
+    elif run is None:
         raise ValueError("give --run RUN (with --best or --step N) or --model FILE")
-    elif opts.step is None:
-        source = Path(opts.run) / "best" / "model.safetensors"
+    elif step is None:
+        source = Path(run) / "best" / "model.safetensors"
     else:
-        source = step_dir(Path(opts.run) / "checkpoints", opts.step) / "model.safetensors"
+        source = step_dir(Path(run) / "checkpoints", step) / "model.safetensors"
     if not source.is_file():
-        hint = ("no best/ model yet (written at the first validation)" if opts.step is None
-                else f"no complete checkpoint of step {opts.step}")
+        hint = ("no best/ model yet (written at the first validation)" if step is None
+                else f"no complete checkpoint of step {step}")
         raise FileNotFoundError(f"{source}: {hint}")
     weights, meta = load_weights(source)
     if "model" not in meta:
@@ -106,7 +106,7 @@ def run_eval(opts: EvalOptions) -> dict:
     rank, world = dist_rank_world()
     model = meta = None
     if not opts.oracle:
-        model, meta, source = load_model(opts)
+        model, meta, source = load_model(opts.run, opts.step, opts.model_file)
     stream = EvalStream(opts.shards, opts.split, opts.batch_size, rank=rank, world=world,
                         mean_from="train2017", limit=opts.max_samples or None,
                         mean=(meta or {}).get("mean_rgb"))

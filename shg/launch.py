@@ -15,7 +15,7 @@ import sys
 import time
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -24,7 +24,7 @@ def _free_port() -> int:
 def run_local(python_args: list[str], nproc: int) -> int:
     import torch
 
-    port = _free_port()
+    port = free_port()
     base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                 WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
                 SHG_EXPECT_PROCESSES=str(nproc))

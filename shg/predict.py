@@ -30,10 +30,10 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 def predict(model_file: str, image_path: str, bbox: str | None = None, out: str | None = None,
             flip: bool = True, min_score: float = 0.05) -> dict:
     from .decode import decode_heatmaps
-    from .evaluate import EvalOptions, load_model, predict_batch
+    from .evaluate import load_model, predict_batch
     from .report import draw_skeleton
 
-    model, meta, _ = load_model(EvalOptions(shards="", split="", out="", model_file=model_file))
+    model, meta, _ = load_model(model_file=model_file)
     path = Path(image_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image not found")

@@ -10,7 +10,7 @@ import numpy as np
 from shards.keypoints import NAMES, SKELETON
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +72,7 @@ def worst_grid(rows: list, shards: str, split: str, path: Path, count: int = 16)
 
 
 def write_report(rows: list, summary: dict, out: Path, shards: str, split: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     pck = json.loads((out / "pck.json").read_text())
     norms = pck["normalisations"]
 

@@ -135,9 +135,11 @@ def make_accelerator(cfg: TrainConfig):
     # for a process group that nobody initialised.
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1 or bool(cfg.distributed.deepspeed_config)
     if cfg.distributed.deepspeed_config and "WORLD_SIZE" not in os.environ:
+        from .launch import free_port
+
         # DeepSpeed always wants a process group; without a launcher it would try MPI.
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     kwargs = [InitProcessGroupKwargs(backend="gloo" if cpu else "nccl",
                                      timeout=timedelta(seconds=cfg.distributed.timeout_s))
               ] if multi else []
@@ -153,14 +155,6 @@ def make_accelerator(cfg: TrainConfig):
         return Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds),
                            kwargs_handlers=kwargs), ds
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=kwargs), None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:

@@ -1,4 +1,4 @@
-"""Shared pieces of the analyses: model loading, streaming inference, crops and montages."""
+"""Shared pieces of the analyses: streaming inference, nearest samples and montages."""
 
 from __future__ import annotations
 
@@ -9,14 +9,6 @@ from typing import Iterator
 import numpy as np
 
 from shards.reader import EvalStream, eval_loader, split_entry
-
-
-def load(run: str | None, step: int | None, model_file: str | None):
-    from ..evaluate import EvalOptions, load_model
-
-    model, meta, source = load_model(EvalOptions(shards="", split="", out="", run=run,
-                                                 step=step, model_file=model_file))
-    return model, meta, source
 
 
 def batches(shards: str, split: str, batch_size: int, meta: dict | None,
@@ -84,17 +76,3 @@ def crop_with_skeleton(crop: np.ndarray, keypoints: np.ndarray, visible=None,
     draw_skeleton(ImageDraw.Draw(im), np.asarray(keypoints), vis, colour)
     return np.asarray(im)
 
-
-def fetch_crops(shards: str, split: str, keys) -> dict:
-    from ..report import crops_by_key
-
-    return crops_by_key(shards, split, set(keys))
-
-
-def plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-
-    return pyplot

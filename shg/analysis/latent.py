@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import batches, crop_with_skeleton, draw_tiles, fetch_crops, load, nearest, plt
+from ..evaluate import load_model
+from ..report import crops_by_key, pyplot
+from .common import batches, crop_with_skeleton, draw_tiles, nearest
 
 
 @dataclass
@@ -75,7 +77,7 @@ def run_latent(opts: LatentOptions) -> dict:
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, meta, source = load(opts.run, opts.step, opts.model_file)
+    model, meta, source = load_model(opts.run, opts.step, opts.model_file)
     latents, keys, preds = extract(opts, model, meta)
     n, dim = latents.shape
     m = max(1, min(opts.components, n - 1, dim))
@@ -94,7 +96,7 @@ def run_latent(opts: LatentOptions) -> dict:
     mean_idx = int(nearest(mean[None], latents)[0])
     walk_idx = nearest(walk_points, latents).reshape(m, len(opts.steps))
 
-    p = plt()
+    p = pyplot()
     fig, ax = p.subplots(figsize=(6, 3.5))
     shown = min(len(ratios), 30)
     ax.bar(np.arange(1, shown + 1), ratios[:shown], label="per component")
@@ -108,7 +110,7 @@ def run_latent(opts: LatentOptions) -> dict:
     p.close(fig)
 
     needed = {keys[mean_idx]} | {keys[i] for i in walk_idx.ravel()}
-    crops = fetch_crops(opts.shards, opts.split, needed)
+    crops = crops_by_key(opts.shards, opts.split, needed)
 
     def tile(i):
         return crop_with_skeleton(crops[keys[i]], preds[i])

@@ -24,7 +24,8 @@ import numpy as np
 
 from shards.keypoints import NUM_KEYPOINTS, SKELETON
 
-from .common import draw_tiles, fetch_crops, plt
+from ..report import crops_by_key, pyplot
+from .common import draw_tiles
 
 
 @dataclass
@@ -123,7 +124,7 @@ def run_skeletons(opts: SkeletonOptions) -> dict:
         res["keys"] = [k for k, m in zip(keys, mask) if m]
         populations[name] = res
 
-    p = plt()
+    p = pyplot()
     fig, ax = p.subplots(figsize=(6, 3.5))
     for name, res in populations.items():
         if res["silhouette"]:
@@ -155,7 +156,7 @@ def run_skeletons(opts: SkeletonOptions) -> dict:
             chosen = rng.choice(members, size=min(opts.samples_per_cluster, len(members)),
                                 replace=False)
             picks.append([res["keys"][i] for i in chosen])
-        crops = fetch_crops(opts.shards, opts.split, {key for row in picks for key in row})
+        crops = crops_by_key(opts.shards, opts.split, {key for row in picks for key in row})
         tiles = []
         for row in picks:
             tiles += [crops.get(key) for key in row] + [None] * (opts.samples_per_cluster

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import batches, fetch_crops, load, plt
+from ..evaluate import load_model
+from ..report import crops_by_key, pyplot
+from .common import batches
 
 
 @dataclass
@@ -56,7 +58,7 @@ def run_skips(opts: SkipOptions) -> dict:
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, meta, source = load(opts.run, opts.step, opts.model_file)
+    model, meta, source = load_model(opts.run, opts.step, opts.model_file)
     levels = list(range(1, model.depth + 1))
     settings = [("none", [])] + [(f"level {lv}", [lv]) for lv in levels] + [("all", levels)]
     # 1. find the perfect samples
@@ -103,7 +105,7 @@ def run_skips(opts: SkipOptions) -> dict:
                                     "pck_drop": 1.0 - float(score.mean[0]),
                                     "heatmap_change": change}
 
-    p = plt()
+    p = pyplot()
     names = [s for s, _ in settings]
     fig, ax1 = p.subplots(figsize=(7, 3.5))
     ax1.bar(names, [result["settings"][s]["pck"] for s in names], color="C0")
@@ -117,7 +119,7 @@ def run_skips(opts: SkipOptions) -> dict:
     fig.savefig(out / "skips.png", dpi=100)
     p.close(fig)
 
-    crop = fetch_crops(opts.shards, opts.split, [perfect["key"][0]]).get(perfect["key"][0])
+    crop = crops_by_key(opts.shards, opts.split, {perfect["key"][0]}).get(perfect["key"][0])
     fig, axes = p.subplots(1, len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.4))
     if crop is not None:
         axes[0].imshow(crop)
