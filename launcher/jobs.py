@@ -8,9 +8,18 @@ import subprocess
 import sys
 
 
+def _announce(what: str) -> None:
+    """Which code a job runs (the submission's snapshot) goes first in its log."""
+    import shg
+
+    print(f"shg: {what} with code from {os.path.dirname(shg.__file__)}", flush=True)
+
+
 def build_shards(coco: str, split: str, out: str, shard_size: int, task_index: int,
                  num_tasks: int) -> dict:
     from shards.build import BuildOptions, build
+
+    _announce(f"building {split} shards, task {task_index + 1}/{num_tasks}")
 
     return build(BuildOptions(coco_root=coco, split=split, out=out, shard_size=shard_size,
                               task_index=task_index, num_tasks=num_tasks, progress=False))
@@ -18,6 +27,8 @@ def build_shards(coco: str, split: str, out: str, shard_size: int, task_index: i
 
 def finalize_shards(out: str, splits: list[str]) -> dict:
     from shards.build import finalize
+
+    _announce("finalizing shards")
 
     return {split: finalize(out, split)["num_samples"] for split in splits}
 
@@ -34,6 +45,8 @@ class TrainJob:
         import submitit
 
         env = submitit.JobEnvironment()
+        if env.global_rank == 0:
+            _announce(f"training ({env.num_tasks} ranks on {env.num_nodes} nodes)")
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             os.environ.setdefault("LOCAL_WORLD_SIZE", str(env.num_tasks // env.num_nodes))
@@ -65,8 +78,16 @@ def run_cli(argv: list[str]) -> int:
     """Evaluation / analysis jobs: exactly the command a user would type."""
     from shg.cli import main
 
+    _announce("shg " + " ".join(a for a in argv[:2] if not a.startswith("-")))
     code = main(argv)
     if code:
         raise RuntimeError(f"`shg {' '.join(argv)}` failed with exit code {code}")
     sys.stdout.flush()
     return code
+
+
+def ae_compare(run: str, baseline: str, finetuned: str, out: str) -> dict:
+    from shg.ae_jobs import write_comparison
+
+    _announce("comparing the AE fine-tuning with the baseline")
+    return write_comparison(run, baseline, finetuned, out)

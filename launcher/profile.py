@@ -43,6 +43,19 @@ class Profile:
         if self.gpus_per_node < 0 or self.max_requeues < 0 or self.signal_delay_s < 0:
             raise ConfigError("profile: gpus_per_node, max_requeues, signal_delay_s >= 0")
 
+    def job_folder(self) -> Path:
+        """`folder` with ~ and $VARS expanded ($USER falls back to the login name)."""
+        import getpass
+        import os
+        import string
+
+        env = {**os.environ, "USER": os.environ.get("USER") or getpass.getuser()}
+        try:
+            text = string.Template(os.path.expanduser(self.folder)).substitute(env)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"profile: folder {self.folder!r}: cannot expand {e}") from None
+        return Path(text).absolute()
+
     def slurm_parameters(self, training: bool = False) -> dict:
         """submitit parameters (AutoExecutor names) of one job."""
         params = {"timeout_min": self.time_min, "cpus_per_task": self.cpus_per_task,

@@ -20,35 +20,50 @@ import sys
 from pathlib import Path
 
 
-def _train(run: Path, overrides: list[str], nproc: int) -> None:
-    config = run / "config.toml"
+def phase_overrides(phase: str, run: str, ae_run: str = "") -> tuple[str, list[str]]:
+    """(run directory, config overrides) of one phase started from the SHG run `run`: the
+    command line runs them here, `shg submit ae` queues the same as Slurm training jobs."""
+    run = run.rstrip("/")
+    if phase == "train":
+        out = f"{run}-ae"
+        return out, ["task=ae", f"ae.shg_from={run}", f"run_dir={out}"]
+    if phase == "finetune":
+        out = f"{run}-ae-finetune"
+        return out, ["task=pose_ae", f"ae.shg_from={run}", f"ae.ae_from={ae_run or run + '-ae'}",
+                     f"run_dir={out}"]
+    if phase == "baseline":
+        out = f"{run}-continue"
+        return out, ["task=pose", f"train.init_from={run}", f"run_dir={out}"]
+    raise ValueError(f"unknown AE phase {phase!r}; valid: train, finetune, baseline")
+
+
+def run_config(run: str) -> Path:
+    config = Path(run) / "config.toml"
     if not config.is_file():
         raise FileNotFoundError(f"{run}: no config.toml (is it a `shg train` run directory?)")
-    cmd = [sys.executable, "-m", "shg.cli", "train", "--config", str(config),
-           "--nproc", str(nproc), "checkpoint.resume=auto", *overrides]
+    return config
+
+
+def _train(phase: str, run: str, ae_run: str, overrides: list[str], nproc: int) -> Path:
+    out, phase_args = phase_overrides(phase, run, ae_run)
+    cmd = [sys.executable, "-m", "shg.cli", "train", "--config", str(run_config(run)),
+           "--nproc", str(nproc), "checkpoint.resume=auto", *phase_args, *overrides]
     code = subprocess.call(cmd)
     if code:
         raise RuntimeError(f"training failed (exit {code}): {' '.join(cmd)}")
+    return Path(out)
 
 
 def phase1(run: str, overrides: list[str], nproc: int = 1) -> Path:
-    out = Path(f"{run.rstrip('/')}-ae")
-    _train(Path(run), ["task=ae", f"ae.shg_from={run}", f"run_dir={out}", *overrides], nproc)
-    return out
+    return _train("train", run, "", overrides, nproc)
 
 
 def phase2(run: str, ae_run: str, overrides: list[str], nproc: int = 1) -> Path:
-    out = Path(f"{run.rstrip('/')}-ae-finetune")
-    _train(Path(run), ["task=pose_ae", f"ae.shg_from={run}", f"ae.ae_from={ae_run}",
-                       f"run_dir={out}", *overrides], nproc)
-    return out
+    return _train("finetune", run, ae_run, overrides, nproc)
 
 
 def baseline(run: str, overrides: list[str], nproc: int = 1) -> Path:
-    out = Path(f"{run.rstrip('/')}-continue")
-    _train(Path(run), ["task=pose", f"train.init_from={run}", f"run_dir={out}", *overrides],
-           nproc)
-    return out
+    return _train("baseline", run, "", overrides, nproc)
 
 
 def _validations(run: Path) -> list[dict]:
@@ -59,6 +74,12 @@ def _validations(run: Path) -> list[dict]:
 def compare(run: str, ae_run: str, out: str, overrides: list[str], nproc: int = 1) -> dict:
     finetuned = phase2(run, ae_run, overrides, nproc)
     base = baseline(run, overrides, nproc)
+    return write_comparison(run, base, finetuned, out)
+
+
+def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str) -> dict:
+    """compare.{json,md,png} in `out` from the baseline and the phase-2 run's metrics."""
+    base, finetuned = Path(base), Path(finetuned)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = {}

@@ -215,19 +215,33 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from launcher.profile import load_profile
 
     profile = load_profile(args.profile, args.profile_set or [])
-    which = {"pipeline": ("prepare", "train", "eval", "analyze"), "prepare": ("prepare",),
-             "train": ("train",), "eval": ("eval",), "analyze": ("analyze",)}[args.stage]
+    which = {"pipeline": sub.ALL_STAGES + (("ae",) if args.ae else ()),
+             "prepare": ("prepare",), "train": ("train",), "eval": ("eval",),
+             "analyze": ("analyze",), "ae": ("ae",)}[args.stage]
     needs = {"coco": "prepare" in which, "config": "train" in which,
-             "run": bool(set(which) & {"train", "eval", "analyze"})}
+             "shards": bool(set(which) & {"prepare", "train", "eval", "analyze"}),
+             "run": bool(set(which) & {"train", "eval", "analyze", "ae"})}
     missing = [f"--{k}" for k, needed in needs.items() if needed and not getattr(args, k)]
     if missing:
         raise ValueError(f"shg submit {args.stage} needs {', '.join(missing)}")
-    stages = sub.pipeline_stages(args.coco, args.shards, args.config, args.run,
-                                 args.overrides, profile, args.shard_size, which)
-    run_name = Path(args.run).name if args.run else "prepare"
-    sub.submit(stages, profile, args.executor, run_name, dry_run=args.dry_run)
+    # Jobs start in another directory, maybe on another node: hand them absolute paths.
+    coco, shards, config, run = (str(Path(p).absolute()) if p else p
+                                 for p in (args.coco, args.shards, args.config, args.run))
+    if config and not Path(config).is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file")
+    if args.stage == "ae" and not args.dry_run and not (Path(run) / "config.toml").is_file():
+        raise FileNotFoundError(f"--run {args.run}: no config.toml (train the SHG first, or "
+                                "use `shg submit pipeline --ae` to queue both)")
+    stages = sub.pipeline_stages(coco, shards, config, run, args.overrides, profile,
+                                 args.shard_size, which)
+    run_name = Path(run).name if run else "prepare"
+    result = sub.submit(stages, profile, args.executor, run_name, dry_run=args.dry_run,
+                        snapshot=not args.no_snapshot)
     if not args.dry_run:
-        print(f"status: shg submit status {Path(profile.folder) / run_name}")
+        if args.executor == "slurm":
+            print()
+            sub.status(str(result["folder"]))
+        print(f"\nlater: shg submit status {result['folder']}")
     return 0
 
 
@@ -367,24 +381,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="queue the pipeline as Slurm jobs (submitit)")
     ssub2 = submit.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for name, text in (("pipeline", "prepare -> finalize -> train -> eval + analyze"),
+    for name, text in (("pipeline", "prepare -> finalize -> train -> eval + analyze [+ ae]"),
                        ("prepare", "shard building as a job array, then finalize"),
                        ("train", "the training job (nodes x tasks per node)"),
-                       ("eval", "the evaluation job"), ("analyze", "the analysis jobs")):
+                       ("eval", "the evaluation job"), ("analyze", "the analysis jobs"),
+                       ("ae", "bottleneck-AE phases 1 and 2, the baseline, the comparison")):
         p = ssub2.add_parser(name, help=text)
         p.add_argument("--profile", required=True, help="slurm/profiles/NAME.toml")
         p.add_argument("--set", dest="profile_set", action="append", metavar="KEY=VALUE",
                        help="override a profile key (repeatable)")
         p.add_argument("--executor", choices=["slurm", "local", "debug"], default="slurm")
         p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts only")
-        p.add_argument("--coco", help="COCO root (prepare)")
-        p.add_argument("--shards", required=True, help="shard directory (shared filesystem)")
-        p.add_argument("--shard-size", type=int, default=1000)
-        p.add_argument("--config", help="training TOML (train)")
-        p.add_argument("--run", help="run directory (train/eval/analyze)")
+        p.add_argument("--no-snapshot", action="store_true",
+                       help="jobs import the live checkout instead of a copy made at submission")
+        if name != "ae":
+            p.add_argument("--shards", help="shard directory (shared filesystem)")
+        if name in ("pipeline", "prepare"):
+            p.add_argument("--coco", help="COCO root")
+            p.add_argument("--shard-size", type=int, default=1000)
+        if name in ("pipeline", "train"):
+            p.add_argument("--config", help="training TOML")
+        if name != "prepare":
+            p.add_argument("--run", help="run directory")
+        if name == "pipeline":
+            p.add_argument("--ae", action="store_true",
+                           help="also queue the bottleneck-AE phases after training")
         p.add_argument("overrides", nargs="*", metavar="section.key=value",
                        help="training config overrides")
-        p.set_defaults(func=_cmd_submit)
+        p.set_defaults(func=_cmd_submit, coco=None, shards=None, config=None, run=None,
+                       shard_size=1000, ae=False)
     p = ssub2.add_parser("status", help="state of a submitted pipeline's jobs")
     p.add_argument("folder", help="the profile folder / run name printed at submission")
     p.set_defaults(func=_cmd_submit)

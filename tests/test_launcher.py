@@ -1,5 +1,5 @@
 """The submitit launcher: profiles, the generated sbatch scripts (golden files) and the whole
-pipeline through submitit's local executor (the real-Slurm tests are the next step)."""
+pipeline through submitit's local executor (tests/test_slurm.py runs it on a real Slurm)."""
 
 import json
 from pathlib import Path
@@ -22,7 +22,8 @@ def _stages(profile):
 @pytest.mark.parametrize("stage", ["train", "prepare"])
 def test_sbatch_matches_the_golden_file_for_2_nodes_x_4_gpus(stage):
     profile = load_profile("slurm/profiles/example-2x4gpu.toml")
-    text = sbatch_preview(_stages(profile)[stage], profile, "/shared/jobs/r1")
+    text = sbatch_preview(_stages(profile)[stage], profile, "/shared/jobs/r1",
+                          code="/shared/jobs/r1/code-20261124-120000")
     assert text == (GOLDEN / f"{stage}_2x4gpu.sbatch").read_text()
 
 
@@ -30,7 +31,8 @@ def test_golden_train_script_says_what_matters():
     text = (GOLDEN / "train_2x4gpu.sbatch").read_text()
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --signal=USR2@180", "#SBATCH --dependency='afterok:<finalize>'",
-                 "module load cuda/12.4"):
+                 "#SBATCH --kill-on-invalid-dep=yes", "module load cuda/12.4",
+                 "cd /shared/jobs/r1/code-20261124-120000"):
         assert line in text
     prepare = (GOLDEN / "prepare_2x4gpu.sbatch").read_text()
     assert "--array=0-63%64" in prepare and "gpus" not in prepare  # 32 tasks x 2 splits, CPU
@@ -69,6 +71,13 @@ def test_pipeline_through_the_local_executor(synth_root, tmp_path, capsys):
     assert {r["stage"] for r in rows} == {"prepare", "finalize", "train", "eval", "analyze"}
     assert all(r["state"] == "FINISHED" for r in rows)
     assert len([r for r in rows if r["stage"] == "prepare"]) == 4  # 2 tasks x 2 splits
+    record = json.loads((jobs / "run" / "pipeline.json").read_text())
+    (train_id,) = record["jobs"]["train"]
+    log = (jobs / "run" / train_id / f"{train_id}_0_log.out").read_text()
+    assert f"with code from {record['code']}/shg" in log  # the snapshot, not the checkout
+    snapshot = Path(record["code"])
+    assert (snapshot / "configs" / "tiny.toml").read_text() == Path("configs/tiny.toml").read_text()
+    assert {p.name for p in snapshot.iterdir()} == {"shg", "launcher", "shards", "configs"}
 
 
 def test_missing_arguments_are_named(capsys):

@@ -1,0 +1,172 @@
+"""`shg submit` against a real Slurm (slurm/local-cluster.sh): the whole pipeline, preemption
+with requeue and resume, a failing array task that keeps the rest from running, and the plain
+sbatch example. The cluster comes up on first use when this runs as root (CI does); elsewhere
+these tests skip unless a cluster already answers. SHG_SLURM_TESTS=0 skips them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.submit import status
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "slurm" / "local-cluster.sh"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+            "BOOT_FAIL", "DEADLINE"}
+TINY = ["model.features=16", "data.num_workers=0", "eval.max_samples=8"]
+
+
+def _answers() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    if os.environ.get("SHG_SLURM_TESTS") == "0":
+        pytest.skip("SHG_SLURM_TESTS=0")
+    started = False
+    if not _answers():
+        if os.geteuid() != 0:
+            pytest.skip("no Slurm cluster answers and bringing one up needs root "
+                        "(sudo slurm/local-cluster.sh up)")
+        proc = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"local-cluster.sh up failed:\n{proc.stdout}\n{proc.stderr}"
+        started = True
+    partitions = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True,
+                                text=True).stdout.split()
+    if not {"debug", "high"} <= set(partitions):
+        pytest.skip(f"the cluster that answers has partitions {partitions}, not debug + high "
+                    "(slurm/local-cluster.sh makes them)")
+    yield
+    if started:
+        subprocess.run([str(CLUSTER), "down"], capture_output=True, timeout=120)
+
+
+def _submit(*argv: str) -> Path:
+    from shg.cli import main as shg
+
+    assert shg(["submit", *argv]) == 0
+    profile_set = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    folder = Path(next(s.split("=", 1)[1] for s in profile_set if s.startswith("folder=")))
+    run = Path(argv[argv.index("--run") + 1]).name if "--run" in argv else "prepare"
+    return folder / run
+
+
+def _wait(job_folder: Path, timeout: float = 600) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = status(str(job_folder), log=lambda *a: None)
+        if rows and all(r["state"] in TERMINAL for r in rows):
+            return rows
+        time.sleep(2)
+    status(str(job_folder))
+    raise AssertionError(f"jobs of {job_folder} not finished after {timeout} s")
+
+
+def _logs(job_folder: Path, job_id: str) -> str:
+    return "".join(p.read_text(errors="replace")
+                   for p in sorted((job_folder / job_id).glob("*_log.*")))
+
+
+def test_whole_pipeline_with_the_ae_phases_completes(slurm_cluster, synth_root, tmp_path):
+    jobs, shards, run = tmp_path / "jobs", tmp_path / "shards", tmp_path / "run"
+    folder = _submit("pipeline", "--profile", "slurm/profiles/local.toml", "--set",
+                     f"folder={jobs}", "--coco", str(synth_root), "--shards", str(shards),
+                     "--shard-size", "16", "--config", "configs/tiny.toml", "--run", str(run),
+                     "--ae", "train.max_steps=4", "eval.every_steps=2",
+                     "checkpoint.every_steps=2", *TINY)
+    rows = _wait(folder)
+    assert [r for r in rows if r["state"] != "COMPLETED"] == []
+    stages = {r["stage"] for r in rows}
+    assert stages == {"prepare", "finalize", "train", "eval", "analyze", "ae-train",
+                      "ae-finetune", "ae-baseline", "ae-compare"}
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert manifest["splits"]["train2017"]["num_samples"] > 0
+    state = json.loads((run / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert state["world_size"] == 2  # 2 Slurm tasks = 2 ranks
+    assert json.loads((run / "eval" / "pck.json").read_text())
+    for name in ("latent", "skips", "skeletons"):
+        assert any((run / "analysis" / name).glob("*.json")), name
+    assert (tmp_path / "run-ae" / "best").is_dir()
+    assert (tmp_path / "run-ae-compare" / "compare.md").is_file()
+    # every job ran the snapshot taken at submission, not the checkout
+    record = json.loads((folder / "pipeline.json").read_text())
+    code = record["code"]
+    assert code.startswith(str(folder / "code-"))
+    train_log = _logs(folder, record["jobs"]["train"][0])
+    assert f"with code from {code}/shg" in train_log
+
+
+def test_preempted_training_requeues_and_resumes_from_its_checkpoint(slurm_cluster,
+                                                                      synth_shards, tmp_path):
+    jobs, run = tmp_path / "jobs", tmp_path / "run"
+    steps = 400
+    # 2 tasks x 2 CPUs fill the 4-CPU node, so a job in `high` must preempt this one.
+    folder = _submit("train", "--profile", "slurm/profiles/local.toml", "--set",
+                     f"folder={jobs}", "--set", "cpus_per_task=2", "--shards",
+                     str(synth_shards), "--config", "configs/tiny.toml", "--run", str(run),
+                     f"train.max_steps={steps}", "eval.every_steps=1000",
+                     "checkpoint.every_steps=1000", "train.log_every=5", *TINY)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until training is under way
+        if metrics.exists() and any(json.loads(line).get("step", 0) >= 20
+                                    for line in metrics.read_text().splitlines()):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("training did not reach step 20")
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", "4", "-o", "/dev/null",
+                           "--wrap", "sleep 2"], capture_output=True, text=True, check=True)
+    rows = _wait(folder)
+    assert rows[0]["state"] == "COMPLETED" and rows[0]["requeues"] >= 1, rows
+    log = _logs(folder, rows[0]["job_id"])
+    assert "stopped by a signal at step" in log
+    stopped = int(log.split("stopped by a signal at step ")[1].split(":")[0])
+    assert 20 <= stopped < steps
+    assert f"resumed from {run}/checkpoints/step-{stopped:08d} at step {stopped}" in log
+    assert "shg: requeue 1/" in log
+    final = json.loads((run / "checkpoints" / f"step-{steps:08d}" / "state.json").read_text())
+    assert final["step"] == steps
+    events = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert any("stopped by" in str(e.get("event", "")) for e in events)
+    high_state = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j",
+                                 high.stdout.strip().split(";")[0]], capture_output=True,
+                                text=True).stdout.split()
+    assert high_state[-1] == "COMPLETED"
+
+
+def test_a_failing_array_task_keeps_finalize_from_running(slurm_cluster, synth_root, tmp_path):
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (coco / split).symlink_to(synth_root / split)
+    # val2017's annotations are missing: its array tasks fail, train2017's succeed
+    shutil.copy(synth_root / "annotations" / "person_keypoints_train2017.json",
+                coco / "annotations")
+    folder = _submit("prepare", "--profile", "slurm/profiles/local.toml", "--set",
+                     f"folder={tmp_path / 'jobs'}", "--coco", str(coco), "--shards",
+                     str(tmp_path / "shards"), "--shard-size", "16")
+    rows = _wait(folder)
+    by_stage = {}
+    for r in rows:
+        by_stage.setdefault(r["stage"], []).append(r)
+    prepare = by_stage["prepare"]
+    assert [r["state"] for r in prepare] == ["COMPLETED", "COMPLETED", "FAILED", "FAILED"]
+    for r in prepare[2:]:
+        assert "person_keypoints_val2017.json: annotation file not found" in r["why"]
+    (finalize,) = by_stage["finalize"]
+    assert finalize["state"] == "CANCELLED"
+    assert finalize["why"].startswith("never ran: a job it depends on failed (prepare ")
+    assert not (tmp_path / "shards" / "manifest.json").exists()
