@@ -111,7 +111,7 @@ def test_whole_pipeline_with_the_ae_phases_completes(slurm_cluster, synth_root, 
 def test_preempted_training_requeues_and_resumes_from_its_checkpoint(slurm_cluster,
                                                                       synth_shards, tmp_path):
     jobs, run = tmp_path / "jobs", tmp_path / "run"
-    steps = 400
+    steps = 150
     # 2 tasks x 2 CPUs fill the 4-CPU node, so a job in `high` must preempt this one.
     folder = _submit("train", "--profile", "slurm/profiles/local.toml", "--set",
                      f"folder={jobs}", "--set", "cpus_per_task=2", "--shards",
@@ -119,32 +119,20 @@ def test_preempted_training_requeues_and_resumes_from_its_checkpoint(slurm_clust
                      f"train.max_steps={steps}", "eval.every_steps=1000",
                      "checkpoint.every_steps=1000", "train.log_every=5", *TINY)
     metrics = run / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until training is under way
-        if metrics.exists() and any(json.loads(line).get("step", 0) >= 20
-                                    for line in metrics.read_text().splitlines()):
-            break
-        time.sleep(1)
-    else:
-        raise AssertionError("training did not reach step 20")
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", "4", "-o", "/dev/null",
-                           "--wrap", "sleep 2"], capture_output=True, text=True, check=True)
+    high = _preempt_when_at_step(metrics, 10)
     rows = _wait(folder)
     assert rows[0]["state"] == "COMPLETED" and rows[0]["requeues"] >= 1, rows
     log = _logs(folder, rows[0]["job_id"])
     assert "stopped by a signal at step" in log
     stopped = int(log.split("stopped by a signal at step ")[1].split(":")[0])
-    assert 20 <= stopped < steps
+    assert 10 <= stopped < steps
     assert f"resumed from {run}/checkpoints/step-{stopped:08d} at step {stopped}" in log
     assert "shg: requeue 1/" in log
     final = json.loads((run / "checkpoints" / f"step-{steps:08d}" / "state.json").read_text())
     assert final["step"] == steps
     events = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert any("stopped by" in str(e.get("event", "")) for e in events)
-    high_state = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j",
-                                 high.stdout.strip().split(";")[0]], capture_output=True,
-                                text=True).stdout.split()
-    assert high_state[-1] == "COMPLETED"
+    assert _sacct_state(high) == "COMPLETED"
 
 
 def test_a_failing_array_task_keeps_finalize_from_running(slurm_cluster, synth_root, tmp_path):
@@ -170,3 +158,55 @@ def test_a_failing_array_task_keeps_finalize_from_running(slurm_cluster, synth_r
     assert finalize["state"] == "CANCELLED"
     assert finalize["why"].startswith("never ran: a job it depends on failed (prepare ")
     assert not (tmp_path / "shards" / "manifest.json").exists()
+
+
+def _sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id],
+                         capture_output=True, text=True).stdout.split()
+    return out[-1] if out else "UNKNOWN"
+
+
+def _preempt_when_at_step(metrics: Path, step: int) -> str:
+    """Once training passed `step`, queue a job in `high` that needs the whole node."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and any(json.loads(line).get("step", 0) >= step
+                                    for line in metrics.read_text().splitlines()):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"training did not reach step {step}")
+    return subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", "4", "-o", "/dev/null",
+                           "--wrap", "sleep 2"], capture_output=True, text=True,
+                          check=True).stdout.strip().split(";")[0]
+
+
+def test_plain_sbatch_examples_train_resume_after_preemption_and_evaluate(
+        slurm_cluster, synth_shards, tmp_path):
+    run, steps = tmp_path / "run", 150
+    env = {**os.environ, "SHG_CPU": "1", "SHG_PROCS_PER_NODE": "2"}
+    train = subprocess.run(
+        ["sbatch", "--parsable", "-c", "4", "--output", str(tmp_path / "train-%j.out"),
+         "slurm/train.sbatch", "configs/tiny.toml", f"data.shards={synth_shards}",
+         f"run_dir={run}", f"train.max_steps={steps}", "eval.every_steps=1000",
+         "checkpoint.every_steps=1000", "train.log_every=5", *TINY],
+        env=env, capture_output=True, text=True, check=True).stdout.strip()
+    evaluate = subprocess.run(
+        ["sbatch", "--parsable", f"--dependency=afterok:{train}", "-c", "1", "--output",
+         str(tmp_path / "eval-%j.out"), "slurm/eval.sbatch", str(run), str(synth_shards),
+         "--max-samples", "8"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    _preempt_when_at_step(run / "metrics.jsonl", 10)
+    deadline = time.time() + 600
+    while _sacct_state(evaluate) not in TERMINAL and time.time() < deadline:
+        time.sleep(2)
+    log = (tmp_path / f"train-{train}.out").read_text(errors="replace")
+    assert _sacct_state(train) == "COMPLETED", log[-3000:]
+    assert _sacct_state(evaluate) == "COMPLETED", (tmp_path / f"eval-{evaluate}.out").read_text()
+    stopped = int(log.split("stopped by a signal at step ")[1].split(":")[0])
+    assert 10 <= stopped < steps
+    assert f"resumed from {run}/checkpoints/step-{stopped:08d} at step {stopped}" in log
+    assert f"shg: requeue 1/3 of job {train}" in log
+    final = json.loads((run / "checkpoints" / f"step-{steps:08d}" / "state.json").read_text())
+    assert final["step"] == steps and final["world_size"] == 2
+    assert (run / "eval" / "pck.json").is_file()
