@@ -56,7 +56,7 @@ class TrainJob:
                 os.environ["ACCELERATE_USE_CPU"] = "true"
         from shg.train import EXIT_REQUEUE, main
 
-        code = main(["--config", self.config, *self.overrides])
+        code = main(["--config", self.config, *self.overrides], hard_exit=False)
         if code == EXIT_REQUEUE:
             restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
             if env.global_rank == 0:

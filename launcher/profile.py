@@ -34,6 +34,11 @@ class Profile:
     max_requeues: int = 3
     prepare_tasks: int = 4
     """Array tasks that build shards in parallel."""
+    mixed_precision: str = ""
+    """Training jobs' precision (auto, no, bf16, fp16); empty keeps the training config's."""
+    deepspeed_config: str = ""
+    """DeepSpeed JSON for the training jobs (configs/deepspeed_zero2.json); empty keeps the
+    training config's (plain DDP unless it names one)."""
 
     def __post_init__(self) -> None:
         for name in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
@@ -42,6 +47,20 @@ class Profile:
                 raise ConfigError(f"profile: {name} must be >= 1")
         if self.gpus_per_node < 0 or self.max_requeues < 0 or self.signal_delay_s < 0:
             raise ConfigError("profile: gpus_per_node, max_requeues, signal_delay_s >= 0")
+        if self.mixed_precision not in ("", "auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"profile: mixed_precision {self.mixed_precision!r}; valid: auto, "
+                              "no, bf16, fp16 (or empty: the training config's)")
+        if self.deepspeed_config and not Path(self.deepspeed_config).is_file():
+            raise ConfigError(f"profile: deepspeed_config {self.deepspeed_config}: no such file")
+
+    def training_overrides(self) -> list[str]:
+        """Training config overrides the profile imposes (before the command line's own)."""
+        out = []
+        if self.mixed_precision:
+            out.append(f"mixed_precision={self.mixed_precision}")
+        if self.deepspeed_config:
+            out.append(f"distributed.deepspeed_config={Path(self.deepspeed_config).absolute()}")
+        return out
 
     def job_folder(self) -> Path:
         """`folder` with ~ and $VARS expanded ($USER falls back to the login name)."""

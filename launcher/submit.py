@@ -65,7 +65,8 @@ def pipeline_stages(coco: str, shards: str, config: str, run: str, overrides: li
         stages.append(Stage("finalize", jobs.finalize_shards, [(shards, list(SPLITS))],
                             after=["prepare"], gpu=False))
     if "train" in which:
-        train_overrides = [f"data.shards={shards}", f"run_dir={run}", *overrides]
+        train_overrides = [f"data.shards={shards}", f"run_dir={run}",
+                           *profile.training_overrides(), *overrides]
         stages.append(Stage("train", jobs.TrainJob(config, train_overrides,
                                                    profile.max_requeues), [()], training=True,
                             after=["finalize"] if "prepare" in which else []))
@@ -108,7 +109,7 @@ def ae_stages(run: str, overrides: list[str], profile: Profile,
         outs[phase] = out
         stages.append(Stage(name, jobs.TrainJob(f"{run}/config.toml",
                                                 ["checkpoint.resume=auto", *phase_args,
-                                                 *overrides],
+                                                 *profile.training_overrides(), *overrides],
                                                 profile.max_requeues), [()], training=True,
                             after=deps))
     stages.append(Stage("ae-compare", jobs.ae_compare,
@@ -165,9 +166,9 @@ def sbatch_preview(stage: Stage, profile: Profile, folder: str, python: str = "p
         **extra)
 
 
-def snapshot_code(folder: Path, config: str | None) -> tuple[Path, str | None]:
-    """Copy the packages (and the training config) into the job folder; returns the snapshot
-    directory and the config's path inside it."""
+def snapshot_code(folder: Path, files: list[str] = ()) -> tuple[Path, dict[str, str]]:
+    """Copy the packages and the given files (configs) into the job folder; returns the
+    snapshot directory and where each file's copy is."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = folder / f"code-{stamp}"
     n = 1
@@ -178,13 +179,35 @@ def snapshot_code(folder: Path, config: str | None) -> tuple[Path, str | None]:
     for pkg in PACKAGES:
         src = Path(importlib.import_module(pkg).__file__).parent
         shutil.copytree(src, tmp / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    copied = None
-    if config:
-        (tmp / "configs").mkdir()
-        shutil.copy2(config, tmp / "configs" / Path(config).name)
-        copied = str(dest / "configs" / Path(config).name)
+    copies = {}
+    for i, file in enumerate(dict.fromkeys(files)):
+        sub = tmp / "configs" / (str(i) if i else "")  # two configs may share a name
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, sub / Path(file).name)
+        copies[file] = str(dest / (sub / Path(file).name).relative_to(tmp))
     os.replace(tmp, dest)  # a snapshot is complete or absent
-    return dest, copied
+    return dest, copies
+
+
+def _snapshot_training_files(stages: list[Stage], folder: Path) -> Path:
+    """Snapshot, then point the training jobs at the copies of their config and DeepSpeed JSON
+    (a run's own config.toml, read by the AE phases, is an output: not copied)."""
+    files = []
+    for stage in stages:
+        if stage.training:
+            if stage.name == "train":
+                files.append(stage.fn.config)
+            files += [o.split("=", 1)[1] for o in stage.fn.overrides
+                      if o.startswith("distributed.deepspeed_config=") and o.split("=", 1)[1]]
+    code, copies = snapshot_code(folder, files)
+    for stage in stages:
+        if stage.training:
+            stage.fn.config = copies.get(stage.fn.config, stage.fn.config)
+            stage.fn.overrides = [
+                f"{o.split('=', 1)[0]}={copies[o.split('=', 1)[1]]}"
+                if o.startswith("distributed.deepspeed_config=") and o.split("=", 1)[1] in copies
+                else o for o in stage.fn.overrides]
+    return code
 
 
 def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
@@ -202,11 +225,7 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
     folder.mkdir(parents=True, exist_ok=True)
     code = None
     if snapshot and executor != "debug":  # debug runs in this process: nothing to snapshot
-        config = next((s.fn.config for s in stages if s.name == "train"), None)
-        code, copied = snapshot_code(folder, config)
-        for stage in stages:
-            if stage.name == "train" and copied:
-                stage.fn.config = copied
+        code = _snapshot_training_files(stages, folder)
         log(f"code snapshot: {code}")
     ids: dict[str, list[str]] = {}
     handles: dict[str, list] = {}

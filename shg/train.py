@@ -635,7 +635,24 @@ class MetricsLogger:
 
 # ----------------------------------------------------------------------------- entry points
 
-def main(argv: list[str] | None = None) -> int:
+def end_process_after_deepspeed() -> None:
+    """Make this process end with os._exit(0) once its caller is done: registered last, this
+    exit handler runs first, after everything the caller wrote at its own end (DeepSpeed's
+    abort comes later in the interpreter's shutdown)."""
+    import atexit
+
+    def _exit_now() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    atexit.register(_exit_now)
+
+
+def main(argv: list[str] | None = None, hard_exit: bool = True) -> int:
+    """`hard_exit=False` for callers that still have work after training in this process (the
+    Slurm job wrapper writes its result): they must end the process themselves, see
+    `end_process_after_deepspeed`."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="shg.train", description=__doc__.split("\n")[0])
@@ -674,9 +691,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     if cfg.distributed.deepspeed_config:
-        # DeepSpeed sometimes aborts at interpreter exit after all work is done: skip the exit
-        # handlers once everything is flushed.
-        os._exit(code)
+        if hard_exit:
+            # DeepSpeed sometimes aborts at interpreter exit after all work is done: skip the
+            # exit handlers once everything is flushed.
+            os._exit(code)
+        end_process_after_deepspeed()
     return code
 
 

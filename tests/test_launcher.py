@@ -86,3 +86,49 @@ def test_missing_arguments_are_named(capsys):
     assert shg(["submit", "train", "--profile", "slurm/profiles/local.toml", "--shards", "s",
                 "--dry-run"]) == 2
     assert "needs --config, --run" in capsys.readouterr().err
+
+
+def test_snapshot_points_training_jobs_at_copies_of_their_configs(tmp_path):
+    from launcher.submit import _snapshot_training_files
+
+    profile = load_profile("slurm/profiles/local.toml",
+                           ["deepspeed_config=configs/deepspeed_zero1.json",
+                            "mixed_precision=bf16"])
+    stages = pipeline_stages("/c", "/s", "configs/tiny.toml", "/r", ["train.max_steps=3"],
+                             profile, which=("train", "ae"))
+    code = _snapshot_training_files(stages, tmp_path)
+    train = next(s for s in stages if s.name == "train").fn
+    assert train.config == str(code / "configs" / "tiny.toml")
+    ds = [o for o in train.overrides if o.startswith("distributed.deepspeed_config=")]
+    assert ds == [f"distributed.deepspeed_config={code}/configs/1/deepspeed_zero1.json"]
+    assert Path(ds[0].split("=", 1)[1]).read_text() == \
+        Path("configs/deepspeed_zero1.json").read_text()
+    assert "mixed_precision=bf16" in train.overrides
+    assert train.overrides[-1] == "train.max_steps=3"  # the command line wins
+    ae = next(s for s in stages if s.name == "ae-train").fn
+    assert ae.config == "/r/config.toml"  # an output of training: read when the job starts
+    assert ds[0] in ae.overrides
+    with pytest.raises(ConfigError, match="mixed_precision 'fp8'"):
+        load_profile("slurm/profiles/local.toml", ["mixed_precision=fp8"])
+    with pytest.raises(ConfigError, match="deepspeed_config nope.json: no such file"):
+        load_profile("slurm/profiles/local.toml", ["deepspeed_config=nope.json"])
+
+
+@pytest.mark.slow
+def test_deepspeed_training_job_from_the_profile(synth_shards, tmp_path):
+    """ZeRO-1 over 2 Slurm-style tasks (submitit's local executor): the profile's DeepSpeed JSON
+    reaches the trainer, which writes DeepSpeed's checkpoint format."""
+    from shg.cli import main as shg
+
+    jobs, run = tmp_path / "jobs", tmp_path / "run"
+    assert shg(["submit", "train", "--profile", "slurm/profiles/local.toml", "--set",
+                f"folder={jobs}", "--set", "deepspeed_config=configs/deepspeed_zero1.json",
+                "--executor", "local", "--shards", str(synth_shards), "--config",
+                "configs/tiny.toml", "--run", str(run), "model.features=16",
+                "train.max_steps=2", "eval.every_steps=2", "checkpoint.every_steps=2",
+                "data.num_workers=0", "eval.max_samples=8"]) == 0
+    resolved = (run / "config.toml").read_text()
+    assert "code-" in resolved and "deepspeed_zero1.json" in resolved
+    step = run / "checkpoints" / "step-00000002"
+    assert json.loads((step / "state.json").read_text())["world_size"] == 2
+    assert (step / "zero").is_dir()  # DeepSpeed's own format, not DCP
