@@ -58,20 +58,27 @@ class TrainJob:
 
         code = main(["--config", self.config, *self.overrides], hard_exit=False)
         if code == EXIT_REQUEUE:
-            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-            if env.global_rank == 0:
-                if restarts < self.max_requeues and "SLURM_JOB_ID" in os.environ:
-                    print(f"shg: requeue {restarts + 1}/{self.max_requeues} of job "
-                          f"{os.environ['SLURM_JOB_ID']}", flush=True)
-                    subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]],
-                                   check=False)
-                else:
-                    print(f"shg: not requeued ({restarts} requeues, max {self.max_requeues})",
-                          flush=True)
-            return code
+            return requeue_or_fail(code, env.global_rank == 0, self.max_requeues)
         if code:
             raise RuntimeError(f"training failed with exit code {code}")
         return 0
+
+
+def requeue_or_fail(code: int, leader: bool, max_requeues: int, run=subprocess.run) -> int:
+    """After the trainer stopped on Slurm's signal and saved: requeue the job (the leader asks
+    Slurm; the requeued job resumes from that checkpoint), or, past max_requeues or outside
+    Slurm, fail, so that jobs depending on a finished training do not start."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id and restarts < max_requeues:
+        if leader:
+            print(f"shg: requeue {restarts + 1}/{max_requeues} of job {job_id}", flush=True)
+            run(["scontrol", "requeue", job_id], check=False)
+        return code
+    why = (f"after {restarts} requeues (max_requeues = {max_requeues})" if job_id
+           else "outside Slurm (nothing requeues it)")
+    raise RuntimeError(f"training stopped by a signal {why}; its checkpoint is saved: submit "
+                       "the training again to continue from it")
 
 
 def run_cli(argv: list[str]) -> int:

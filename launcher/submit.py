@@ -353,7 +353,11 @@ def status(folder: str, log=print) -> list[dict]:
     failed or never ran, why."""
     import submitit
 
-    record = json.loads((Path(folder) / "pipeline.json").read_text())
+    path = Path(folder) / "pipeline.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; give the folder `shg submit` printed "
+                                "(the profile's folder / the run's name)")
+    record = json.loads(path.read_text())
     all_ids = [i for ids in record["jobs"].values() for i in ids]
     slurm = record["executor"] == "slurm"
     acct = _sacct(all_ids) if slurm else {}

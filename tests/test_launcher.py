@@ -132,3 +132,23 @@ def test_deepspeed_training_job_from_the_profile(synth_shards, tmp_path):
     step = run / "checkpoints" / "step-00000002"
     assert json.loads((step / "state.json").read_text())["world_size"] == 2
     assert (step / "zero").is_dir()  # DeepSpeed's own format, not DCP
+
+
+def test_a_stopped_training_requeues_until_max_requeues_then_fails(monkeypatch, capsys):
+    from launcher.jobs import requeue_or_fail
+
+    calls = []
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeue_or_fail(75, True, 3, run=lambda cmd, check: calls.append(cmd)) == 75
+    assert calls == [["scontrol", "requeue", "42"]]
+    assert "shg: requeue 2/3 of job 42" in capsys.readouterr().out
+    assert requeue_or_fail(75, False, 3, run=lambda cmd, check: calls.append(cmd)) == 75
+    assert len(calls) == 1  # only the leader asks Slurm
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    with pytest.raises(RuntimeError, match=r"after 3 requeues \(max_requeues = 3\)"):
+        requeue_or_fail(75, True, 3, run=lambda cmd, check: calls.append(cmd))
+    monkeypatch.delenv("SLURM_JOB_ID")
+    with pytest.raises(RuntimeError, match="outside Slurm"):
+        requeue_or_fail(75, True, 3, run=lambda cmd, check: calls.append(cmd))
+    assert len(calls) == 1
