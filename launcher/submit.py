@@ -227,7 +227,7 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
     if snapshot and executor != "debug":  # debug runs in this process: nothing to snapshot
         code = _snapshot_training_files(stages, folder)
         log(f"code snapshot: {code}")
-    ids: dict[str, list[str]] = {}
+    ids: dict[str, list[str]] = dict(_earlier_jobs(folder, executor))
     handles: dict[str, list] = {}
     for stage in stages:
         ex = submitit.AutoExecutor(folder=f"{folder}/%j", cluster=executor)
@@ -261,7 +261,6 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
     if (folder / name).exists():  # a later submission for the same run (e.g. `shg submit ae`)
         old = json.loads((folder / name).read_text())
         if old.get("executor") == executor:
-            record["jobs"] = {**old["jobs"], **ids}
             record["after"] = {**old.get("after", {}), **record["after"]}
     tmp = folder / f".{name}.tmp"
     tmp.write_text(json.dumps(record, indent=1))
@@ -272,6 +271,29 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
                 job.results()  # raises with the job's own error if it failed
         log("all stages finished")
     return {"ids": ids, "handles": handles, "record": record, "folder": folder}
+
+
+def _earlier_jobs(folder: Path, executor: str) -> dict[str, list[str]]:
+    """The jobs an earlier submission for this run recorded (same executor)."""
+    path = folder / "pipeline.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    return old["jobs"] if old.get("executor") == executor else {}
+
+
+def training_still_to_finish(profile: Profile, run_name: str) -> bool:
+    """For `shg submit ae` on Slurm: True when this run's training job (from an earlier
+    `shg submit`) is queued or running, so the AE jobs must wait for it; raises if it failed."""
+    train = _earlier_jobs(profile.job_folder() / run_name, "slurm").get("train")
+    if not train:
+        return False
+    info = {**_squeue(train), **_sacct(train)}.get(train[0], {})
+    state = info.get("state", "UNKNOWN")
+    if state in _BAD:
+        raise RuntimeError(f"training job {train[0]} of {run_name} is {state}: see `shg submit "
+                           f"status {profile.job_folder() / run_name}`")
+    return state not in ("COMPLETED", "UNKNOWN")
 
 
 def _call(fn: Callable, args: tuple) -> Any:

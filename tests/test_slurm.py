@@ -79,13 +79,18 @@ def _logs(job_folder: Path, job_id: str) -> str:
                    for p in sorted((job_folder / job_id).glob("*_log.*")))
 
 
-def test_whole_pipeline_with_the_ae_phases_completes(slurm_cluster, synth_root, tmp_path):
+def test_whole_pipeline_then_the_ae_phases_complete(slurm_cluster, synth_root, tmp_path):
     jobs, shards, run = tmp_path / "jobs", tmp_path / "shards", tmp_path / "run"
     folder = _submit("pipeline", "--profile", "slurm/profiles/local.toml", "--set",
                      f"folder={jobs}", "--coco", str(synth_root), "--shards", str(shards),
                      "--shard-size", "16", "--config", "configs/tiny.toml", "--run", str(run),
-                     "--ae", "train.max_steps=4", "eval.every_steps=2",
-                     "checkpoint.every_steps=2", *TINY)
+                     "train.max_steps=4", "eval.every_steps=2", "checkpoint.every_steps=2",
+                     *TINY)
+    # queued while training has not even started: the AE jobs wait for it (afterok)
+    assert _submit("ae", "--profile", "slurm/profiles/local.toml", "--set", f"folder={jobs}",
+                   "--run", str(run), "train.max_steps=2", "eval.every_steps=2") == folder
+    after = json.loads((folder / "pipeline.json").read_text())["after"]
+    assert after["ae-train"] == ["train"] and after["ae-baseline"] == ["train"]
     rows = _wait(folder)
     assert [r for r in rows if r["state"] != "COMPLETED"] == []
     stages = {r["stage"] for r in rows}
@@ -100,12 +105,11 @@ def test_whole_pipeline_with_the_ae_phases_completes(slurm_cluster, synth_root, 
         assert any((run / "analysis" / name).glob("*.json")), name
     assert (tmp_path / "run-ae" / "best").is_dir()
     assert (tmp_path / "run-ae-compare" / "compare.md").is_file()
-    # every job ran the snapshot taken at submission, not the checkout
+    # the jobs ran the snapshots taken at submission (one per submission), not the checkout
     record = json.loads((folder / "pipeline.json").read_text())
-    code = record["code"]
-    assert code.startswith(str(folder / "code-"))
-    train_log = _logs(folder, record["jobs"]["train"][0])
-    assert f"with code from {code}/shg" in train_log
+    assert record["code"].startswith(str(folder / "code-"))
+    assert f"with code from {folder}/code-" in _logs(folder, record["jobs"]["train"][0])
+    assert f"with code from {record['code']}/shg" in _logs(folder, record["jobs"]["ae-train"][0])
 
 
 def test_preempted_training_requeues_and_resumes_from_its_checkpoint(slurm_cluster,
