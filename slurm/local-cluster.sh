@@ -6,7 +6,7 @@
 #   slurm/local-cluster.sh down     stop what `up` started (by pid file, never by name)
 #   slurm/local-cluster.sh status   say whether the cluster answers (exit 0 if it does)
 #
-# Two partitions: `debug` (default, low priority) and `high`. A job in `high` that needs the CPUs of
+# Two nodes (two slurmd on this machine) and two partitions: `debug` (default, low priority) and `high`. A job in `high` that needs the CPUs of
 # a `debug` job preempts it: Slurm sends SIGTERM and the job's --signal (USR2), waits GraceTime,
 # then requeues it. slurm/profiles/local.toml submits to `debug`.
 #
@@ -14,7 +14,10 @@
 #   SHG_SLURM_BASE   state, logs, pid files, database     (default /tmp/shg-slurm)
 #   SHG_SLURM_ACCT   slurmdbd | none                       (default slurmdbd: a real `sacct`)
 #                    none: no database; a `sacct` shim answers from slurmctld's memory (faster up)
-#   SHG_SLURM_CPUS   CPUs the node advertises              (default max(4, nproc): jobs may share cores)
+#   SHG_SLURM_CPUS   CPUs each node advertises             (default max(4, nproc): jobs may share cores)
+#   SHG_SLURM_NODES  1 or 2                                (default 2)
+#                    2: a second slurmd on this machine (Debian's Slurm is built with multiple-slurmd
+#                    support), named `localhost` so that its name resolves, for multi-node jobs
 #
 # Why some settings are what they are (learned the hard way, see ../shared/slurm-local/NOTES.md):
 # - without a `sacct` that works, submitit never notices a job that died without a result;
@@ -26,6 +29,9 @@ set -euo pipefail
 BASE=${SHG_SLURM_BASE:-/tmp/shg-slurm}
 ACCT=${SHG_SLURM_ACCT:-slurmdbd}
 HOST=$(hostname -s)
+NODES=${SHG_SLURM_NODES:-2}
+case "$NODES" in 1) NODE_NAMES=$HOST ;; 2) NODE_NAMES="$HOST localhost" ;;
+    *) echo "local-cluster: SHG_SLURM_NODES must be 1 or 2" >&2; exit 2 ;; esac
 CPUS=${SHG_SLURM_CPUS:-$(( $(nproc) > 4 ? $(nproc) : 4 ))}
 CONF=/etc/slurm/slurm.conf
 MARK="# written by shg slurm/local-cluster.sh"
@@ -108,11 +114,11 @@ SwitchType=switch/none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 StateSaveLocation=$BASE/state
-SlurmdSpoolDir=$BASE/spool
+SlurmdSpoolDir=$BASE/spool/%n
 SlurmctldPidFile=$BASE/run/slurmctld.pid
-SlurmdPidFile=$BASE/run/slurmd.pid
+SlurmdPidFile=$BASE/run/slurmd-%n.pid
 SlurmctldLogFile=$BASE/log/slurmctld.log
-SlurmdLogFile=$BASE/log/slurmd.log
+SlurmdLogFile=$BASE/log/slurmd-%n.log
 SlurmdParameters=config_overrides
 ReturnToService=2
 SchedulerType=sched/backfill
@@ -128,7 +134,10 @@ SelectTypeParameters=CR_Core
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$mem_mb State=UNKNOWN
+# one slurmd per node on this machine, each on its own port (6819 is slurmdbd's)
+$(port=6818; for n in $NODE_NAMES; do
+    echo "NodeName=$n NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$port CPUs=$CPUS RealMemory=$(( mem_mb / NODES )) State=UNKNOWN"
+    port=$(( port + 2 )); done)
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=60
 PartitionName=high Nodes=ALL Default=NO MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
@@ -219,25 +228,26 @@ cmd_up() {
     write_slurm_conf
     start_accounting
     /usr/sbin/slurmctld -i
-    /usr/sbin/slurmd -N "$HOST"
+    for n in $NODE_NAMES; do mkdir -p "$BASE/spool/$n"; /usr/sbin/slurmd -N "$n"; done
     local state="" deadline=$(( SECONDS + 60 ))
     while [ $SECONDS -lt $deadline ]; do
         sleep 0.3
-        for d in slurmctld slurmd; do
+        for d in slurmctld $(printf 'slurmd-%s ' $NODE_NAMES); do
             if [ -s "$BASE/run/$d.pid" ] && ! alive "$(cat "$BASE/run/$d.pid")"; then
                 tail -n 20 "$BASE/log/$d.log" >&2; die "$d died (log: $BASE/log/$d.log)"
             fi
         done
-        state=$(timeout 5 sinfo -h -N -n "$HOST" -o %T 2>/dev/null | head -n1 || true)
-        [ "$state" = idle ] && break
+        state=$(timeout 5 sinfo -h -N -o %T 2>/dev/null | sort -u | tr '\n' ' ' || true)
+        [ "$state" = "idle " ] && break
     done
-    [ "$state" = idle ] || die "node is '$state' after 60 s, not idle (logs: $BASE/log)"
-    say "up in $(( SECONDS - t0 )) s: node $HOST, $CPUS CPUs, partitions debug (default) and high, accounting $ACCT"
+    [ "$state" = "idle " ] || die "nodes are '$state' after 60 s, not idle (logs: $BASE/log)"
+    say "up in $(( SECONDS - t0 )) s: node(s) $NODE_NAMES with $CPUS CPUs each, partitions debug (default) and high, accounting $ACCT"
 }
 
 cmd_down() {
     if answers; then scancel --user="$(id -un)" >/dev/null 2>&1 || true; sleep 1; fi
-    for d in slurmd slurmctld slurmdbd; do stop_pidfile "$BASE/run/$d.pid"; done
+    for f in "$BASE"/run/slurmd*.pid; do stop_pidfile "$f"; done
+    for d in slurmctld slurmdbd; do stop_pidfile "$BASE/run/$d.pid"; done
     stop_pidfile "$BASE/mysql/mariadb.pid"  # written by user mysql, so inside its own folder
     stop_pidfile "$BASE/run/munged.pid"
     if [ -e /usr/local/bin/sacct.shg-shim ]; then rm -f /usr/local/bin/sacct /usr/local/bin/sacct.shg-shim; fi

@@ -1,6 +1,6 @@
 """`shg submit` against a real Slurm (slurm/local-cluster.sh): the whole pipeline, preemption
-with requeue and resume, a failing array task that keeps the rest from running, and the plain
-sbatch example. The cluster comes up on first use when this runs as root (CI does); elsewhere
+with requeue and resume of a 2-node training job, a failing array task that keeps the rest
+from running, and the plain sbatch examples (2 nodes, c10d). The cluster comes up on first use when this runs as root (CI does); elsewhere
 these tests skip unless a cluster already answers. SHG_SLURM_TESTS=0 skips them."""
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ def slurm_cluster():
         started = True
     partitions = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True,
                                 text=True).stdout.split()
-    if not {"debug", "high"} <= set(partitions):
-        pytest.skip(f"the cluster that answers has partitions {partitions}, not debug + high "
-                    "(slurm/local-cluster.sh makes them)")
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"],
+                           capture_output=True, text=True).stdout.split()
+    if not {"debug", "high"} <= set(partitions) or len(set(nodes)) < 2:
+        pytest.skip(f"the cluster that answers has partitions {partitions} and nodes {nodes}, "
+                    "not debug + high and 2 nodes (slurm/local-cluster.sh makes them)")
     yield
     if started:
         subprocess.run([str(CLUSTER), "down"], capture_output=True, timeout=120)
@@ -115,10 +117,11 @@ def test_whole_pipeline_then_the_ae_phases_complete(slurm_cluster, synth_root, t
 def test_preempted_training_requeues_and_resumes_from_its_checkpoint(slurm_cluster,
                                                                       synth_shards, tmp_path):
     jobs, run = tmp_path / "jobs", tmp_path / "run"
-    steps = 150
-    # 2 tasks x 2 CPUs fill the 4-CPU node, so a job in `high` must preempt this one.
+    steps = 80
+    # 2 nodes x 1 task x 4 CPUs fill the cluster, so a job in `high` must preempt this one.
     folder = _submit("train", "--profile", "slurm/profiles/local.toml", "--set",
-                     f"folder={jobs}", "--set", "cpus_per_task=2", "--shards",
+                     f"folder={jobs}", "--set", "nodes=2", "--set", "tasks_per_node=1",
+                     "--set", "cpus_per_task=4", "--shards",
                      str(synth_shards), "--config", "configs/tiny.toml", "--run", str(run),
                      f"train.max_steps={steps}", "eval.every_steps=1000",
                      "checkpoint.every_steps=1000", "train.log_every=5", *TINY)
@@ -127,6 +130,7 @@ def test_preempted_training_requeues_and_resumes_from_its_checkpoint(slurm_clust
     rows = _wait(folder)
     assert rows[0]["state"] == "COMPLETED" and rows[0]["requeues"] >= 1, rows
     log = _logs(folder, rows[0]["job_id"])
+    assert "shg: training (2 ranks on 2 nodes)" in log
     assert "stopped by a signal at step" in log
     stopped = int(log.split("stopped by a signal at step ")[1].split(":")[0])
     assert 10 <= stopped < steps
@@ -171,7 +175,7 @@ def _sacct_state(job_id: str) -> str:
 
 
 def _preempt_when_at_step(metrics: Path, step: int) -> str:
-    """Once training passed `step`, queue a job in `high` that needs the whole node."""
+    """Once training passed `step`, queue a job in `high` that needs a whole node."""
     deadline = time.time() + 300
     while time.time() < deadline:
         if metrics.exists() and any(json.loads(line).get("step", 0) >= step
@@ -188,9 +192,11 @@ def _preempt_when_at_step(metrics: Path, step: int) -> str:
 def test_plain_sbatch_examples_train_resume_after_preemption_and_evaluate(
         slurm_cluster, synth_shards, tmp_path):
     run, steps = tmp_path / "run", 150
-    env = {**os.environ, "SHG_CPU": "1", "SHG_PROCS_PER_NODE": "2"}
+    env = {**os.environ, "SHG_CPU": "1", "SHG_PROCS_PER_NODE": "1"}
+    # 2 nodes, one `accelerate launch` each meeting through c10d, fill the cluster
     train = subprocess.run(
-        ["sbatch", "--parsable", "-c", "4", "--output", str(tmp_path / "train-%j.out"),
+        ["sbatch", "--parsable", "-N", "2", "-c", "4", "--output",
+         str(tmp_path / "train-%j.out"),
          "slurm/train.sbatch", "configs/tiny.toml", f"data.shards={synth_shards}",
          f"run_dir={run}", f"train.max_steps={steps}", "eval.every_steps=1000",
          "checkpoint.every_steps=1000", "train.log_every=5", *TINY],
@@ -211,6 +217,7 @@ def test_plain_sbatch_examples_train_resume_after_preemption_and_evaluate(
     assert 10 <= stopped < steps
     assert f"resumed from {run}/checkpoints/step-{stopped:08d} at step {stopped}" in log
     assert f"shg: requeue 1/3 of job {train}" in log
+    assert "2 node(s) x 1, c10d on" in log
     final = json.loads((run / "checkpoints" / f"step-{steps:08d}" / "state.json").read_text())
     assert final["step"] == steps and final["world_size"] == 2
     assert (run / "eval" / "pck.json").is_file()
