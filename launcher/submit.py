@@ -406,11 +406,24 @@ def status(folder: str, log=print) -> list[dict]:
             elif state == "PENDING" and reason not in ("None", ""):
                 row["why"] = reason
             rows.append(row)
-    culprits = [f"{r['stage']} {r['job_id']}" for r in rows
-                if r["state"] in _BAD and not r["why"].startswith("never ran")]
-    for row in rows:  # name the failed jobs a job that never ran was waiting for
-        if row["why"].startswith("never ran") and culprits:
-            row["why"] += f" ({', '.join(culprits[:3])}{', ...' if len(culprits) > 3 else ''})"
+    after = record.get("after", {})
+
+    def upstream(stage: str, seen: set) -> set:
+        for dep in after.get(stage, []):
+            if dep not in seen:
+                seen.add(dep)
+                upstream(dep, seen)
+        return seen
+
+    for row in rows:  # name the failed jobs up the chain a job that never ran waited for
+        if row["why"].startswith("never ran"):
+            deps = upstream(row["stage"], set())
+            culprits = [f"{r['stage']} {r['job_id']}" for r in rows
+                        if r["stage"] in deps and r["state"] in _BAD
+                        and not r["why"].startswith("never ran")]
+            if culprits:
+                row["why"] += (f" ({', '.join(culprits[:3])}"
+                               f"{', ...' if len(culprits) > 3 else ''})")
     log(f"{'stage':<12}{'job':<12}{'state':<11}{'elapsed':<10}{'requeues':<9}why")
     for r in rows:
         log(f"{r['stage']:<12}{r['job_id']:<12}{r['state']:<11}{r['elapsed']:<10}"

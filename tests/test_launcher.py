@@ -152,3 +152,36 @@ def test_a_stopped_training_requeues_until_max_requeues_then_fails(monkeypatch, 
     with pytest.raises(RuntimeError, match="outside Slurm"):
         requeue_or_fail(75, True, 3, run=lambda cmd, check: calls.append(cmd))
     assert len(calls) == 1
+
+
+def test_status_names_the_failed_job_up_the_chain(tmp_path, monkeypatch, capsys):
+    import launcher.submit as sub
+
+    record = {"run": "r", "executor": "slurm", "folder": str(tmp_path), "code": None,
+              "jobs": {"prepare": ["1_0", "1_1"], "finalize": ["2"], "train": ["3"],
+                       "eval": ["4"], "analyze": ["5_0"], "ae-train": ["6"]},
+              "after": {"finalize": ["prepare"], "train": ["finalize"], "eval": ["train"],
+                        "analyze": ["train"], "ae-train": ["eval"]}}
+    (tmp_path / "pipeline.json").write_text(json.dumps(record))
+    (tmp_path / "1_1").mkdir()
+    (tmp_path / "1_1" / "1_1_0_log.err").write_text(
+        "Traceback (most recent call last):\n  ...\n"
+        "shards.coco.DataError: x.json: annotation file not found\n")
+    acct = {"1_0": ("COMPLETED", "0:0", True), "1_1": ("FAILED", "1:0", True),
+            "2": ("CANCELLED", "0:0", False), "3": ("CANCELLED", "0:0", False),
+            "4": ("FAILED", "2:0", True), "5_0": ("CANCELLED", "0:0", False),
+            "6": ("PENDING", "0:0", False)}
+    monkeypatch.setattr(sub, "_sacct", lambda ids: {
+        i: {"state": st, "exit": ex, "started": started, "elapsed": "00:00:01",
+            "requeues": 0} for i, (st, ex, started) in acct.items()})
+    monkeypatch.setattr(sub, "_squeue", lambda ids: {"6": {"state": "PENDING",
+                                                           "reason": "Dependency"}})
+    rows = {r["job_id"]: r for r in status(str(tmp_path))}
+    assert rows["1_1"]["why"] == ("exit 1:0: shards.coco.DataError: x.json: annotation file "
+                                  "not found")
+    assert rows["1_0"]["why"] == ""
+    for job in ("2", "3", "5_0"):  # eval's own failure is not why analyze never ran
+        assert rows[job]["why"] == "never ran: a job it depends on failed (prepare 1_1)"
+    assert rows["4"]["why"] == "exit 2:0"
+    assert rows["6"]["why"] == "Dependency"  # still waiting
+    assert "never ran: a job it depends on failed (prepare 1_1)" in capsys.readouterr().out
