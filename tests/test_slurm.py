@@ -202,13 +202,15 @@ def test_plain_sbatch_examples_train_resume_after_preemption_and_evaluate(
          "checkpoint.every_steps=1000", "train.log_every=5", *TINY],
         env=env, capture_output=True, text=True, check=True).stdout.strip()
     evaluate = subprocess.run(
-        ["sbatch", "--parsable", f"--dependency=afterok:{train}", "-c", "1", "--output",
+        ["sbatch", "--parsable", f"--dependency=afterok:{train}", "--kill-on-invalid-dep=yes",
+         "-c", "1", "--output",
          str(tmp_path / "eval-%j.out"), "slurm/eval.sbatch", str(run), str(synth_shards),
          "--max-samples", "8"], env=env, capture_output=True, text=True, check=True
     ).stdout.strip()
     _preempt_when_at_step(run / "metrics.jsonl", 10)
     deadline = time.time() + 600
-    while _sacct_state(evaluate) not in TERMINAL and time.time() < deadline:
+    while time.time() < deadline and _sacct_state(evaluate) not in TERMINAL and \
+            _sacct_state(train) not in TERMINAL - {"COMPLETED"}:
         time.sleep(2)
     log = (tmp_path / f"train-{train}.out").read_text(errors="replace")
     assert _sacct_state(train) == "COMPLETED", log[-3000:]
