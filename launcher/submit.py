@@ -1,7 +1,8 @@
 """`shg submit ...`: queue the pipeline's stages as Slurm jobs through submitit.
 
     shg submit pipeline --profile slurm/profiles/local.toml --coco DATA --shards SHARDS \
-        --config configs/tiny.toml --run RUN [--ae] [--executor slurm|local|debug] [--dry-run] [k=v ...]
+        --config configs/tiny.toml --run RUN [--ae] [--executor slurm|local|debug] [--dry-run] \
+        [k=v ...]
     shg submit ae --profile P --run RUN [k=v ...]      # the bottleneck-AE phases of a trained run
     shg submit status FOLDER
 
@@ -12,8 +13,8 @@ dependency failed is cancelled (--kill-on-invalid-dep), not left pending for eve
 returns at once; `local` (processes on this machine) and `debug` (in this process) run the
 stages in order. `--dry-run` prints the sbatch scripts and submits nothing.
 
-Code snapshot: the packages are copied into FOLDER/RUN/code-TIMESTAMP/ and the jobs import them
-from there (PYTHONPATH), together with a copy of the training config, so queued and requeued jobs
+Code snapshot: the packages, the training config and the DeepSpeed JSON are copied into
+FOLDER/RUN/code-TIMESTAMP/ and the jobs start there (cd + PYTHONPATH), so queued and requeued jobs
 run the code and config they were submitted with, whatever happens to the checkout meanwhile.
 """
 
@@ -227,7 +228,8 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
     if snapshot and executor != "debug":  # debug runs in this process: nothing to snapshot
         code = _snapshot_training_files(stages, folder)
         log(f"code snapshot: {code}")
-    ids: dict[str, list[str]] = dict(_earlier_jobs(folder, executor))
+    earlier = _earlier_record(folder, executor)
+    ids: dict[str, list[str]] = dict(earlier.get("jobs", {}))
     handles: dict[str, list] = {}
     for stage in stages:
         ex = submitit.AutoExecutor(folder=f"{folder}/%j", cluster=executor)
@@ -256,12 +258,9 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
     record = {"run": run_name, "executor": executor, "folder": str(folder),
               "code": str(code) if code else None,
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": ids,
-              "after": {s.name: s.after for s in stages}}
+              # a later submission for the same run (`shg submit ae`) joins the earlier ones
+              "after": {**earlier.get("after", {}), **{s.name: s.after for s in stages}}}
     name = "pipeline.json"
-    if (folder / name).exists():  # a later submission for the same run (e.g. `shg submit ae`)
-        old = json.loads((folder / name).read_text())
-        if old.get("executor") == executor:
-            record["after"] = {**old.get("after", {}), **record["after"]}
     tmp = folder / f".{name}.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, folder / name)
@@ -273,19 +272,19 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
     return {"ids": ids, "handles": handles, "record": record, "folder": folder}
 
 
-def _earlier_jobs(folder: Path, executor: str) -> dict[str, list[str]]:
-    """The jobs an earlier submission for this run recorded (same executor)."""
+def _earlier_record(folder: Path, executor: str) -> dict:
+    """What an earlier submission for this run recorded (same executor), or {}."""
     path = folder / "pipeline.json"
     if not path.is_file():
         return {}
     old = json.loads(path.read_text())
-    return old["jobs"] if old.get("executor") == executor else {}
+    return old if old.get("executor") == executor else {}
 
 
 def training_still_to_finish(profile: Profile, run_name: str) -> bool:
     """For `shg submit ae` on Slurm: True when this run's training job (from an earlier
     `shg submit`) is queued or running, so the AE jobs must wait for it; raises if it failed."""
-    train = _earlier_jobs(profile.job_folder() / run_name, "slurm").get("train")
+    train = _earlier_record(profile.job_folder() / run_name, "slurm").get("jobs", {}).get("train")
     if not train:
         return False
     info = {**_squeue(train), **_sacct(train)}.get(train[0], {})
@@ -398,7 +397,7 @@ def status(folder: str, log=print) -> list[dict]:
                     state == "CANCELLED" and a and not a["started"]
                     and record.get("after", {}).get(stage)):
                 row["why"] = "never ran: a job it depends on failed"
-            elif state in _BAD or state == "FAILED" or state.startswith("CANCELLED"):
+            elif state in _BAD or state.startswith("CANCELLED"):
                 why = _last_error(Path(job.paths.stderr))
                 if a.get("exit") not in (None, "", "0:0"):
                     why = f"exit {a['exit']}" + (f": {why}" if why else "")

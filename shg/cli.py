@@ -229,15 +229,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                                  for p in (args.coco, args.shards, args.config, args.run))
     if config and not Path(config).is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file")
-    if args.stage == "ae" and not args.dry_run and not (Path(run) / "config.toml").is_file() \
-            and not (args.executor == "slurm" and sub.training_still_to_finish(
-                profile, Path(run).name)):
-        raise FileNotFoundError(f"--run {args.run}: no config.toml (train the SHG first, or "
-                                "use `shg submit pipeline --ae` to queue both)")
     run_name = Path(run).name if run else "prepare"
     if args.stage == "ae":
         wait = args.executor == "slurm" and not args.dry_run and \
             sub.training_still_to_finish(profile, run_name)
+        if not wait and not args.dry_run and not (Path(run) / "config.toml").is_file():
+            raise FileNotFoundError(f"--run {args.run}: no config.toml (train the SHG first, "
+                                    "or use `shg submit pipeline --ae` to queue both)")
         stages = sub.ae_stages(run, args.overrides, profile, after=["train"] if wait else [])
     else:
         stages = sub.pipeline_stages(coco, shards, config, run, args.overrides, profile,

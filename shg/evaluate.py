@@ -31,13 +31,19 @@ THRESHOLDS = (0.05, 0.1, 0.2, 0.5)
 
 
 @dataclass
-class EvalOptions:
+class ModelOnSplit:
+    """What the commands that run a model over a split share: the shards and split to read,
+    the output directory, and the model as --run [--step] (best/ by default) or --model."""
     shards: str
     split: str
     out: str
     run: str | None = None
     step: int | None = None
     model_file: str | None = None
+
+
+@dataclass
+class EvalOptions(ModelOnSplit):
     coco_ann: str | None = None
     flip: bool = True
     oracle: bool = False

@@ -18,19 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluate import load_model
+from ..evaluate import ModelOnSplit, load_model
 from ..report import crops_by_key, pyplot
 from .common import batches, crop_with_skeleton, draw_tiles, nearest
 
 
 @dataclass
-class LatentOptions:
-    shards: str
-    split: str
-    out: str
-    run: str | None = None
-    step: int | None = None
-    model_file: str | None = None
+class LatentOptions(ModelOnSplit):
     stack: int = -1
     """Which stack's bottleneck (-1 = the last)."""
     components: int = 5

@@ -16,19 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluate import load_model
+from ..evaluate import ModelOnSplit, load_model
 from ..report import crops_by_key, pyplot
 from .common import batches
 
 
 @dataclass
-class SkipOptions:
-    shards: str
-    split: str
-    out: str
-    run: str | None = None
-    step: int | None = None
-    model_file: str | None = None
+class SkipOptions(ModelOnSplit):
     norm: str = "bbox"
     """PCK normalisation that defines "perfectly right": bbox (PCK@0.2: every visible joint
     within 20 % of the person's size) or constant (the thesis PCK, stricter)."""
