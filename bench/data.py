@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
 
-    from shards.build import BuildOptions, build, read_manifest
+    from shards.build import BuildOptions, build
+    from shards.manifest import read_manifest
     from shards.reader import TrainStream, read_shard
     from shards.sample import SampleConfig
     from shg.synth import SynthOptions, synthesize

@@ -16,8 +16,8 @@ import time
 import torch
 from torch import nn
 
-from shg.model import StackedHourglass
-from shg.train import heatmap_loss
+from shg.models import StackedHourglass
+from shg.losses import heatmap_loss
 
 
 # ------------------------------------------------------------------ the baseline, "as usual"

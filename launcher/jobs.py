@@ -35,8 +35,8 @@ def finalize_shards(out: str, splits: list[str]) -> dict:
 
 class TrainJob:
     """One task of the training job: the distributed environment comes from Slurm (through
-    submitit), the trainer handles the pre-time-out signal by saving; on its exit code 75 the
-    job requeues itself (at most max_requeues times) and resumes from that checkpoint."""
+    submitit), the trainer handles the pre-time-out signal by saving; on EXIT_REQUEUE the job
+    requeues itself (at most max_requeues times) and resumes from that checkpoint."""
 
     def __init__(self, config: str, overrides: list[str], max_requeues: int = 3):
         self.config, self.overrides, self.max_requeues = config, list(overrides), max_requeues
@@ -54,9 +54,11 @@ class TrainJob:
 
             if not torch.cuda.is_available():
                 os.environ["ACCELERATE_USE_CPU"] = "true"
-        from shg.train import EXIT_REQUEUE, main
+        from shg.config import load_config
+        from shg.errors import EXIT_REQUEUE
+        from shg.training import run
 
-        code = main(["--config", self.config, *self.overrides], hard_exit=False)
+        code = run(load_config(self.config, self.overrides), hard_exit=False)
         if code == EXIT_REQUEUE:
             return requeue_or_fail(code, env.global_rank == 0, self.max_requeues)
         if code:
@@ -81,20 +83,40 @@ def requeue_or_fail(code: int, leader: bool, max_requeues: int, run=subprocess.r
                        "the training again to continue from it")
 
 
-def run_cli(argv: list[str]) -> int:
-    """Evaluation / analysis jobs: exactly the command a user would type."""
-    from shg.cli import main
+def evaluate(options: dict) -> dict:
+    """The evaluation job: `shg eval` with these EvalOptions fields."""
+    from shg.evaluation.runner import EvalOptions, print_summary, run_eval
 
-    _announce("shg " + " ".join(a for a in argv[:2] if not a.startswith("-")))
-    code = main(argv)
-    if code:
-        raise RuntimeError(f"`shg {' '.join(argv)}` failed with exit code {code}")
+    _announce("shg eval")
+    summary = run_eval(EvalOptions(**options))
+    print_summary(summary)
     sys.stdout.flush()
-    return code
+    return summary
+
+
+def analyze(kind: str, options: dict) -> dict:
+    """One analysis job (`shg analyze latent|skips|skeletons`) with these option fields."""
+    _announce(f"shg analyze {kind}")
+    if kind == "latent":
+        from shg.analysis.latent import LatentOptions, run_latent
+
+        result = run_latent(LatentOptions(**options))
+    elif kind == "skips":
+        from shg.analysis.skips import SkipOptions, run_skips
+
+        result = run_skips(SkipOptions(**options))
+    elif kind == "skeletons":
+        from shg.analysis.skeletons import SkeletonOptions, run_skeletons
+
+        result = run_skeletons(SkeletonOptions(**options))
+    else:
+        raise ValueError(f"unknown analysis {kind!r}; valid: latent, skips, skeletons")
+    print(f"shg: {kind} analysis written to {options['out']}", flush=True)
+    return result
 
 
 def ae_compare(run: str, baseline: str, finetuned: str, out: str) -> dict:
-    from shg.ae_jobs import write_comparison
+    from shg.ae_study import write_comparison
 
     _announce("comparing the AE fine-tuning with the baseline")
     return write_comparison(run, baseline, finetuned, out)

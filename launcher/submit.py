@@ -6,12 +6,15 @@
     shg submit ae --profile P --run RUN [k=v ...]      # the bottleneck-AE phases of a trained run
     shg submit status FOLDER
 
-Stages and dependencies: prepare (a job array building shards, both splits) -> finalize
-(afterok) -> train (afterok; nodes x tasks_per_node ranks) -> eval and analyze (afterok on
-train); with --ae also ae-train -> ae-finetune, ae-baseline -> ae-compare. On Slurm a job whose
-dependency failed is cancelled (--kill-on-invalid-dep), not left pending for ever. `slurm`
+Stages and dependencies (stages.py): prepare (a job array building shards, both splits) ->
+finalize (afterok) -> train (afterok; nodes x tasks_per_node ranks) -> eval and analyze (afterok
+on train); with --ae also ae-train -> ae-finetune, ae-baseline -> ae-compare. On Slurm a job
+whose dependency failed is cancelled (--kill-on-invalid-dep), not left pending for ever. `slurm`
 returns at once; `local` (processes on this machine) and `debug` (in this process) run the
 stages in order. `--dry-run` prints the sbatch scripts and submits nothing.
+
+One function, `executor_parameters`, computes every job's submitit parameters, for the dry run
+and for the real submission alike (the golden test checks both scripts).
 
 Code snapshot: the packages, the training config and the DeepSpeed JSON are copied into
 FOLDER/RUN/code-TIMESTAMP/ and the jobs start there (cd + PYTHONPATH), so queued and requeued jobs
@@ -21,117 +24,60 @@ run the code and config they were submitted with, whatever happens to the checko
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from shards import atomic
+from shg.errors import UserError
+
 from .profile import Profile
+from .records import earlier_record, write_record
+from .stages import Stage, SubmitRequest, ae_stages, pipeline_stages
+from .status import status, training_still_to_finish
 
-SPLITS = ("train2017", "val2017")
 PACKAGES = ("shg", "launcher", "shards")
-ALL_STAGES = ("prepare", "train", "eval", "analyze")
 
 
-@dataclass
-class Stage:
-    name: str
-    fn: Callable
-    args: list = field(default_factory=list)   # one call, or one per array task
-    array: bool = False
-    training: bool = False
-    gpu: bool = True
-    """False for CPU-only stages (shard building): no GPU is requested."""
-    after: list[str] = field(default_factory=list)
-
-
-def pipeline_stages(coco: str, shards: str, config: str, run: str, overrides: list[str],
-                    profile: Profile, shard_size: int = 1000,
-                    which: tuple[str, ...] = ALL_STAGES) -> list[Stage]:
-    from . import jobs
-
-    stages: list[Stage] = []
-    n = profile.prepare_tasks
-    if "prepare" in which:
-        stages.append(Stage("prepare", jobs.build_shards,
-                            [(coco, split, shards, shard_size, i, n)
-                             for split in SPLITS for i in range(n)], array=True, gpu=False))
-        stages.append(Stage("finalize", jobs.finalize_shards, [(shards, list(SPLITS))],
-                            after=["prepare"], gpu=False))
-    if "train" in which:
-        train_overrides = [f"data.shards={shards}", f"run_dir={run}",
-                           *profile.training_overrides(), *overrides]
-        stages.append(Stage("train", jobs.TrainJob(config, train_overrides,
-                                                   profile.max_requeues), [()], training=True,
-                            after=["finalize"] if "prepare" in which else []))
-    after_train = ["train"] if "train" in which else []
-    if "eval" in which:
-        stages.append(Stage("eval", jobs.run_cli, [(["eval", "--run", run, "--shards", shards,
-                                                      "--split", "val2017", "--out",
-                                                      f"{run}/eval"],)], after=after_train))
-    if "analyze" in which:
-        stages.append(Stage("analyze", jobs.run_cli,
-                            [(["analyze", "latent", "--run", run, "--shards", shards,
-                               "--out", f"{run}/analysis/latent"],),
-                             (["analyze", "skips", "--run", run, "--shards", shards,
-                               "--out", f"{run}/analysis/skips"],),
-                             (["analyze", "skeletons", "--shards", shards,
-                               "--out", f"{run}/analysis/skeletons"],)],
-                            array=True, after=after_train))
-    if "ae" in which:
-        stages += ae_stages(run, [o for o in overrides if not o.startswith("run_dir=")],
-                            profile, after=after_train)
-    return stages
-
-
-def ae_stages(run: str, overrides: list[str], profile: Profile,
-              after: list[str] = ()) -> list[Stage]:
-    """The autoencoder study of a trained SHG run as training jobs: phase 1 (AE on the frozen
-    SHG's latents), phase 2 (fine-tune both) and the baseline that continues the plain SHG for
-    the same steps, then the comparison table. Each phase reads RUN/config.toml when it starts,
-    so this can be queued behind the SHG's own training job."""
-    from shg.ae_jobs import phase_overrides
-
-    from . import jobs
-
-    stages = []
-    outs = {}
-    for phase, name, deps in (("train", "ae-train", list(after)),
-                              ("finetune", "ae-finetune", ["ae-train"]),
-                              ("baseline", "ae-baseline", list(after))):
-        out, phase_args = phase_overrides(phase, run)
-        outs[phase] = out
-        stages.append(Stage(name, jobs.TrainJob(f"{run}/config.toml",
-                                                ["checkpoint.resume=auto", *phase_args,
-                                                 *profile.training_overrides(), *overrides],
-                                                profile.max_requeues), [()], training=True,
-                            after=deps))
-    stages.append(Stage("ae-compare", jobs.ae_compare,
-                        [(run, outs["baseline"], outs["finetune"], f"{run}-ae-compare")],
-                        gpu=False, after=["ae-finetune", "ae-baseline"]))
-    return stages
-
-
-def _parameters(stage: Stage, profile: Profile) -> dict:
-    params = profile.slurm_parameters(training=stage.training)
-    if not stage.gpu:
-        params.pop("gpus_per_node", None)
-    return params
+def submit_request(request: SubmitRequest, profile: Profile, executor: str = "slurm",
+                   dry_run: bool = False, snapshot: bool = True, log=print) -> dict:
+    """The submission policy of `shg submit STAGE`: check the request, plan its stages (the AE
+    study waits for the run's training job when that is still queued or running), submit, and
+    show the jobs' state."""
+    request = request.checked()
+    if request.stage == "ae":
+        wait = executor == "slurm" and not dry_run and \
+            training_still_to_finish(profile, request.run_name)
+        if not wait and not dry_run and not (Path(request.run) / "config.toml").is_file():
+            raise UserError(f"--run {request.run}: no config.toml (train the SHG first, or use "
+                            "`shg submit pipeline --ae` to queue both)")
+        stages = ae_stages(request.run, request.overrides, profile,
+                           after=["train"] if wait else [])
+    else:
+        stages = pipeline_stages(request.coco, request.shards, request.config, request.run,
+                                 request.overrides, profile, request.shard_size,
+                                 request.stages_wanted())
+    result = submit(stages, profile, executor, request.run_name, dry_run=dry_run, log=log,
+                    snapshot=snapshot)
+    if not dry_run:
+        if executor == "slurm":
+            log("")
+            status(str(result["folder"]), log=log)
+        log(f"\nlater: shg submit status {result['folder']}")
+    return result
 
 
 def _dependency(after: list[str], ids: dict[str, list[str]] | None = None) -> dict:
     """submitit's slurm_* parameters making a job wait for the stages `after` (placeholders
-    such as <train> in a preview)."""
+    such as ID_OF_train in a preview)."""
     if not after:
         return {}
-    deps = [i.split("_")[0] for d in after for i in ids[d]] if ids else [f"<{a}>" for a in after]
+    # (a placeholder that needs no shell quoting, so the preview reads like the real script)
+    deps = [i.split("_")[0] for d in after for i in ids[d]] if ids else [f"ID_OF_{a}" for a in
+                                                                          after]
     # Without kill-on-invalid-dep a job whose dependency failed stays PENDING for ever.
     return {"slurm_dependency": "afterok:" + ":".join(dict.fromkeys(deps)),
             "slurm_additional_parameters": {"kill_on_invalid_dep": "yes"}}
@@ -145,17 +91,36 @@ def _snapshot_lines(code: str) -> list[str]:
             f"export PYTHONPATH={shlex.quote(code)}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
+def executor_parameters(stage: Stage, profile: Profile, executor: str,
+                        ids: dict[str, list[str]] | None = None, code: str | None = None) -> dict:
+    """submitit's parameters of one stage's job(s): the profile's resources, the dependency on
+    earlier stages (placeholders such as ID_OF_train when `ids` is None: a dry run) and the lines
+    that start the job in the code snapshot `code`."""
+    params = profile.slurm_parameters(training=stage.training)
+    if not stage.gpu:
+        params.pop("gpus_per_node", None)
+    params["name"] = f"shg-{stage.name}"
+    setup = _snapshot_lines(code) if code else []
+    if executor == "slurm":
+        if setup:
+            params["slurm_setup"] = [*params.get("slurm_setup", []), *setup]
+        params.update(_dependency(stage.after, ids))
+        return params
+    params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+    params.pop("nodes", None)
+    if setup and executor == "local":
+        params["local_setup"] = setup
+    return params
+
+
 def sbatch_preview(stage: Stage, profile: Profile, folder: str, python: str = "python",
                    code: str | None = None) -> str:
-    """The sbatch script submitit would write for this stage (no Slurm needed)."""
+    """The sbatch script submitit writes for this stage (no Slurm needed): the dry run."""
     import submitit
     from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
 
-    params = {**_parameters(stage, profile), **_dependency(stage.after)}
-    if code:
-        params["slurm_setup"] = [*params.get("slurm_setup", []), *_snapshot_lines(code)]
+    params = executor_parameters(stage, profile, "slurm", ids=None, code=code)
     generic = {k: v for k, v in params.items() if not k.startswith("slurm_")}
-    generic["name"] = f"shg-{stage.name}"
     names = submitit.SlurmExecutor._equivalence_dict()  # submitit's own generic -> sbatch map
     converted = {names[k]: v for k, v in generic.items()}
     converted["mem"] = _convert_mem(converted["mem"])
@@ -175,8 +140,11 @@ def snapshot_code(folder: Path, files: list[str] = ()) -> tuple[Path, dict[str, 
     n = 1
     while dest.exists():
         dest, n = folder / f"code-{stamp}-{n}", n + 1
-    tmp = folder / f".{dest.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    with atomic.atomic_path(dest) as tmp:  # a snapshot is complete or absent
+        return dest, _copy_code(tmp, dest, files)
+
+
+def _copy_code(tmp: Path, dest: Path, files: list[str]) -> dict[str, str]:
     for pkg in PACKAGES:
         src = Path(importlib.import_module(pkg).__file__).parent
         shutil.copytree(src, tmp / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -186,8 +154,7 @@ def snapshot_code(folder: Path, files: list[str] = ()) -> tuple[Path, dict[str, 
         sub.mkdir(parents=True, exist_ok=True)
         shutil.copy2(file, sub / Path(file).name)
         copies[file] = str(dest / (sub / Path(file).name).relative_to(tmp))
-    os.replace(tmp, dest)  # a snapshot is complete or absent
-    return dest, copies
+    return copies
 
 
 def _snapshot_training_files(stages: list[Stage], folder: Path) -> Path:
@@ -228,26 +195,17 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
     if snapshot and executor != "debug":  # debug runs in this process: nothing to snapshot
         code = _snapshot_training_files(stages, folder)
         log(f"code snapshot: {code}")
-    earlier = _earlier_record(folder, executor)
+    earlier = earlier_record(folder, executor)
     ids: dict[str, list[str]] = dict(earlier.get("jobs", {}))
     handles: dict[str, list] = {}
     for stage in stages:
         ex = submitit.AutoExecutor(folder=f"{folder}/%j", cluster=executor)
-        params = _parameters(stage, profile)
         if executor != "slurm":
-            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
-            params.pop("nodes", None)
-            if code and executor == "local":
-                params["local_setup"] = _snapshot_lines(str(code))
             for dep in stage.after:  # no scheduler to wait for us: wait here
                 for job in handles[dep]:
                     job.results()
-        else:
-            if code:
-                params["slurm_setup"] = [*params.get("slurm_setup", []),
-                                         *_snapshot_lines(str(code))]
-            params.update(_dependency(stage.after, ids))
-        ex.update_parameters(name=f"shg-{stage.name}", **params)
+        ex.update_parameters(**executor_parameters(stage, profile, executor, ids,
+                                                   str(code) if code else None))
         if stage.array:
             jobs = ex.map_array(_call, [stage.fn] * len(stage.args), stage.args)
         else:
@@ -260,10 +218,7 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": ids,
               # a later submission for the same run (`shg submit ae`) joins the earlier ones
               "after": {**earlier.get("after", {}), **{s.name: s.after for s in stages}}}
-    name = "pipeline.json"
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / name)
+    write_record(folder, record)
     if executor != "slurm":
         for stage in stages:
             for job in handles[stage.name]:
@@ -272,159 +227,5 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
     return {"ids": ids, "handles": handles, "record": record, "folder": folder}
 
 
-def _earlier_record(folder: Path, executor: str) -> dict:
-    """What an earlier submission for this run recorded (same executor), or {}."""
-    path = folder / "pipeline.json"
-    if not path.is_file():
-        return {}
-    old = json.loads(path.read_text())
-    return old if old.get("executor") == executor else {}
-
-
-def training_still_to_finish(profile: Profile, run_name: str) -> bool:
-    """For `shg submit ae` on Slurm: True when this run's training job (from an earlier
-    `shg submit`) is queued or running, so the AE jobs must wait for it; raises if it failed."""
-    train = _earlier_record(profile.job_folder() / run_name, "slurm").get("jobs", {}).get("train")
-    if not train:
-        return False
-    info = {**_squeue(train), **_sacct(train)}.get(train[0], {})
-    state = info.get("state", "UNKNOWN")
-    if state in _BAD:
-        raise RuntimeError(f"training job {train[0]} of {run_name} is {state}: see `shg submit "
-                           f"status {profile.job_folder() / run_name}`")
-    return state not in ("COMPLETED", "UNKNOWN")
-
-
 def _call(fn: Callable, args: tuple) -> Any:
     return fn(*args)
-
-
-# ---------------------------------------------------------------------------------- status
-
-_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit))(: .*)?$")
-
-
-def _last_error(path: Path) -> str:
-    """The last `SomeError: message` line of a job's log: the reason a person wants to read."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        line = line.strip()
-        if _ERROR_LINE.match(line) and not line.startswith("submitit.core.utils.FailedJobState"):
-            return line[:200]
-    return ""
-
-
-def _sacct(job_ids: list[str]) -> dict[str, dict]:
-    """State, exit code, start, elapsed time and requeue count per job (array task) id from one
-    sacct call; {} when sacct cannot answer (no accounting)."""
-    bases = sorted({j.split("_")[0] for j in job_ids})
-    rows: dict[str, dict] = {}
-    for line in _run(["sacct", "-X", "-D", "-P", "-n", "-o",
-                      "JobID,State,ExitCode,Start,Elapsed", "-j", ",".join(bases)]):
-        parts = line.split("|")
-        if len(parts) < 5:
-            continue
-        job_id, state, exit_code, start, elapsed = parts[:5]
-        previous = rows.get(job_id)
-        requeues = previous["requeues"] + 1 if previous else 0  # -D: one row per start
-        rows[job_id] = {"state": state.split()[0], "exit": exit_code, "elapsed": elapsed,
-                        "started": start not in ("None", "Unknown", ""), "requeues": requeues}
-    return _spread_arrays(rows, job_ids)
-
-
-def _squeue(job_ids: list[str]) -> dict[str, dict]:
-    """State and reason (DependencyNeverSatisfied, Priority, ...) for the jobs slurmctld still
-    remembers (MinJobAge): sacct has no such reason."""
-    rows = {}
-    for line in _run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j",
-                      ",".join(sorted({j.split("_")[0] for j in job_ids}))]):
-        parts = line.split("|")
-        if len(parts) == 3:
-            rows[parts[0]] = {"state": parts[1], "reason": parts[2]}
-    return _spread_arrays(rows, job_ids)
-
-
-def _spread_arrays(rows: dict[str, dict], job_ids: list[str]) -> dict[str, dict]:
-    # an array that has not started is one row such as 5_[0-2%3]: it speaks for its tasks
-    for key in [k for k in rows if "[" in k]:
-        base = key.split("_")[0]
-        for job_id in job_ids:
-            if job_id.startswith(base + "_") and job_id not in rows:
-                rows[job_id] = rows[key]
-    return rows
-
-
-def _run(cmd: list[str]) -> list[str]:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return out.stdout.splitlines() if out.returncode == 0 else []
-
-
-_BAD = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "BOOT_FAIL",
-        "DEADLINE", "PREEMPTED")
-
-
-def status(folder: str, log=print) -> list[dict]:
-    """One line per job of a submitted pipeline: state, elapsed time, requeues and, when a job
-    failed or never ran, why."""
-    import submitit
-
-    path = Path(folder) / "pipeline.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; give the folder `shg submit` printed "
-                                "(the profile's folder / the run's name)")
-    record = json.loads(path.read_text())
-    all_ids = [i for ids in record["jobs"].values() for i in ids]
-    slurm = record["executor"] == "slurm"
-    acct = _sacct(all_ids) if slurm else {}
-    queue = _squeue(all_ids) if slurm else {}
-    rows = []
-    for stage, ids in record["jobs"].items():
-        for job_id in ids:
-            cls = submitit.SlurmJob if slurm else submitit.LocalJob
-            job = cls(folder=f"{record['folder']}/%j", job_id=job_id)
-            a, q = acct.get(job_id, {}), queue.get(job_id, {})
-            state = a.get("state") or q.get("state") or job.state
-            row = {"stage": stage, "job_id": job_id, "state": state,
-                   "elapsed": a.get("elapsed", ""), "requeues": a.get("requeues", 0), "why": ""}
-            reason = q.get("reason", "")
-            if reason.startswith("Dependency") and state != "PENDING" or (
-                    state == "CANCELLED" and a and not a["started"]
-                    and record.get("after", {}).get(stage)):
-                row["why"] = "never ran: a job it depends on failed"
-            elif state in _BAD or state.startswith("CANCELLED"):
-                why = _last_error(Path(job.paths.stderr))
-                if a.get("exit") not in (None, "", "0:0"):
-                    why = f"exit {a['exit']}" + (f": {why}" if why else "")
-                row["why"] = why or (reason if reason != "None" else "")
-            elif state == "PENDING" and reason not in ("None", ""):
-                row["why"] = reason
-            rows.append(row)
-    after = record.get("after", {})
-
-    def upstream(stage: str, seen: set) -> set:
-        for dep in after.get(stage, []):
-            if dep not in seen:
-                seen.add(dep)
-                upstream(dep, seen)
-        return seen
-
-    for row in rows:  # name the failed jobs up the chain a job that never ran waited for
-        if row["why"].startswith("never ran"):
-            deps = upstream(row["stage"], set())
-            culprits = [f"{r['stage']} {r['job_id']}" for r in rows
-                        if r["stage"] in deps and r["state"] in _BAD
-                        and not r["why"].startswith("never ran")]
-            if culprits:
-                row["why"] += (f" ({', '.join(culprits[:3])}"
-                               f"{', ...' if len(culprits) > 3 else ''})")
-    log(f"{'stage':<12}{'job':<12}{'state':<11}{'elapsed':<10}{'requeues':<9}why")
-    for r in rows:
-        log(f"{r['stage']:<12}{r['job_id']:<12}{r['state']:<11}{r['elapsed']:<10}"
-            f"{r['requeues']:<9}{r['why']}")
-    return rows

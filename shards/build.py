@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .coco import SKIP_REASONS, DataError, ImageJob, Plan, make_plan
+from . import atomic
+from .coco import SKIP_REASONS, ImageJob, Plan, make_plan
 from .crop import CropParams, crop_box, cut, to_crop
+from .manifest import MANIFEST, DataError, read_manifest
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 # Lossless either way. Measured on 256x256 crops here: zlib level 1, Huffman-only coding and
 # the PNG "Up" filter on every row encode 10x faster than PIL's default (level 6, adaptive
 # filters) and decode 2x faster than adaptive filtering (Paeth rows are the slow part of
@@ -54,16 +54,16 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
-            raise ValueError("shard_size must be >= 1")
+            raise DataError("shard_size must be >= 1")
         if self.num_tasks < 1 or not 0 <= self.task_index < self.num_tasks:
-            raise ValueError(f"task_index must be in [0, num_tasks): got {self.task_index} "
+            raise DataError(f"task_index must be in [0, num_tasks): got {self.task_index} "
                              f"of {self.num_tasks}")
         if self.workers < 1:
-            raise ValueError("workers must be >= 1")
+            raise DataError("workers must be >= 1")
         if not 0 <= self.png_level <= 9:
-            raise ValueError("png_level must be in 0..9")
+            raise DataError("png_level must be in 0..9")
         if self.min_keypoints < 0:
-            raise ValueError("min_keypoints must be >= 0")
+            raise DataError("min_keypoints must be >= 0")
 
 
 class StrictError(DataError):
@@ -76,12 +76,6 @@ def shard_name(split: str, index: int) -> str:
 
 def _part_path(out: Path, split: str, index: int) -> Path:
     return out / "parts" / f"{split}-{index:06d}.json"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- per-image work (in workers)
@@ -315,7 +309,7 @@ def _close_shard(state: dict, out: Path, split: str, plan: Plan, params: CropPar
         "crop": asdict(params),
     }
     # The part is written before the rename: a shard that exists always has its statistics.
-    _atomic_write_text(_part_path(out, split, state["index"]), json.dumps(part))
+    atomic.write_json(_part_path(out, split, state["index"]), part)
     os.replace(state["tmp"], out / shard_name(split, state["index"]))
 
 
@@ -370,21 +364,6 @@ def finalize(out: str | Path, split: str) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two splits may finalize at once
         manifest = read_manifest(out, missing_ok=True)
         manifest["splits"][split] = entry
-        _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+        atomic.write_json(out / MANIFEST, manifest, indent=1, fsync=True)
     return entry
 
-
-def read_manifest(out: str | Path, missing_ok: bool = False) -> dict:
-    path = Path(out) / MANIFEST
-    if not path.exists():
-        if missing_ok:
-            return {"format": FORMAT_VERSION, "splits": {}}
-        raise DataError(f"{path}: no manifest (run `shg shards build`, or `shg shards finalize` "
-                        "after a multi-task build)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT_VERSION or "splits" not in manifest:
-        raise DataError(f"{path}: unknown manifest format {manifest.get('format')!r}")
-    return manifest

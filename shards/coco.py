@@ -19,16 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .keypoints import NUM_KEYPOINTS
+from .manifest import DataError
 
 # Reasons a person annotation is not eligible by choice (not an error in the data).
 FILTER_REASONS = ("iscrowd", "too_few_keypoints")
 # Reasons that mean the input is bad; `--strict` turns any of these into a failure.
 SKIP_REASONS = ("malformed_annotation", "bad_bbox", "bbox_outside_image", "missing_image",
                 "corrupt_image", "size_mismatch", "unknown_image")
-
-
-class DataError(Exception):
-    """Bad input that stops the whole run (a file that cannot be used at all)."""
 
 
 @dataclass

@@ -24,27 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .build import read_manifest
-from .coco import DataError
+from .manifest import DataError, mean_rgb, split_entry
 from .sample import SampleConfig, decode
-
-
-def split_entry(root: str | Path, split: str) -> dict:
-    manifest = read_manifest(root)
-    if split not in manifest["splits"]:
-        raise DataError(f"{Path(root) / 'manifest.json'}: no split '{split}' "
-                        f"(have: {', '.join(sorted(manifest['splits'])) or 'none'})")
-    entry = manifest["splits"][split]
-    if entry["num_samples"] == 0:
-        raise DataError(f"{root}: split '{split}' has no samples")
-    return entry
-
-
-def mean_rgb(root: str | Path, split: str, mean_from: str | None = None) -> np.ndarray:
-    """Mean RGB to subtract: `mean_from`'s (the training split, as the thesis) or the split's own."""
-    manifest = read_manifest(root)
-    source = mean_from if mean_from and mean_from in manifest["splits"] else split
-    return np.asarray(split_entry(root, source)["mean_rgb"], dtype=np.float32)
 
 
 def dist_rank_world() -> tuple[int, int]:

@@ -45,7 +45,7 @@ class SampleConfig:
         if self.sigma <= 0:
             raise ValueError("sigma must be > 0")
         if not 0 < self.scale_min <= self.scale_max:
-            raise ValueError("need 0 < scale_min <= scale_max")
+            raise ValueError("scale_min/scale_max: need 0 < scale_min <= scale_max")
         if not 0 <= self.flip_prob <= 1:
             raise ValueError("flip_prob must be in [0, 1]")
         if self.rotate_deg < 0:

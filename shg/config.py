@@ -12,9 +12,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shards.sample import SampleConfig
 
-class ConfigError(ValueError):
-    pass
+from .errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A config (or profile) value that cannot work; the message names the key."""
 
 
 def _choice(name: str, value, options) -> None:
@@ -23,7 +27,11 @@ def _choice(name: str, value, options) -> None:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(SampleConfig):
+    """The `[data]` section: where the shards are and, inherited from the data layer's
+    `SampleConfig` (its fields are documented there), how stored crops become training samples
+    (target sigma, augmentation ranges)."""
+
     shards: str = ""
     """Shard directory holding manifest.json (from `shg shards build`)."""
     train_split: str = "train2017"
@@ -32,19 +40,21 @@ class DataConfig:
     """Loader processes per training process (0 = load in the training process)."""
     shuffle_buffer: int = 256
     """Samples held in each loader worker's shuffle buffer."""
-    sigma: float = 1.0
-    """Target Gaussian's standard deviation in heatmap cells."""
-    rotate_deg: float = 30.0
-    scale_min: float = 0.75
-    scale_max: float = 1.25
-    flip_prob: float = 0.5
-    augment: bool = True
 
     def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise ConfigError(f"data.{exc}") from None
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         if self.shuffle_buffer < 1:
             raise ConfigError("data.shuffle_buffer must be >= 1")
+
+    def sample_config(self) -> SampleConfig:
+        """The data layer's settings from this section (the one place that converts them)."""
+        return SampleConfig(**{f.name: getattr(self, f.name)
+                               for f in dataclasses.fields(SampleConfig)})
 
 
 @dataclass
@@ -96,7 +106,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainSection:
+class TrainLoopConfig:
     batch_size: int = 16
     """Samples per process per micro-step (the global batch is x processes x grad_accum)."""
     max_steps: int = 1000
@@ -154,6 +164,15 @@ class EvalConfig:
             raise ConfigError(f"eval.select threshold {thr!r} is not a number") from None
         if self.every_steps < 1 or self.batch_size < 1:
             raise ConfigError("eval.every_steps and eval.batch_size must be >= 1")
+        if not any(abs(t - float(thr)) < 1e-12 for t in self.thresholds):
+            raise ConfigError(f"eval.select={self.select} needs {float(thr):g} in "
+                              f"eval.thresholds (now {self.thresholds})")
+
+    @property
+    def select_metric(self) -> str:
+        """The validation metric eval.select names, as logged: "pck_constant@0.5"."""
+        norm, _, thr = self.select.partition("@")
+        return f"pck_{norm}@{float(thr):g}"
 
 
 @dataclass
@@ -181,9 +200,15 @@ class DistributedConfig:
     """"sync" (SyncBatchNorm, CUDA only), "rank0" (per-rank BN, rank 0's running statistics
     broadcast before every validation and save), or "auto" (sync on multi-GPU, else rank0)."""
     timeout_s: int = 1800
+    """Collective operations that wait longer fail (a dead rank ends the run, not hangs it)."""
+    expect_processes: int = 0
+    """The world size this run must have (0 = any). `shg train --nproc N` sets it, so a launch
+    that silently yields another number of processes (`accelerate launch --cpu`) is an error."""
 
     def __post_init__(self) -> None:
         _choice("distributed.batchnorm", self.batchnorm, ("auto", "sync", "rank0"))
+        if self.expect_processes < 0 or self.timeout_s < 1:
+            raise ConfigError("distributed: need expect_processes >= 0 and timeout_s >= 1")
 
 
 @dataclass
@@ -211,7 +236,9 @@ class AEConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """A whole training run (the root of configs/*.toml)."""
+
     run_dir: str = "runs/shg"
     """Everything of a run goes here: config.toml, checkpoints/, best/, metrics.jsonl, tb/."""
     task: str = "pose"
@@ -225,7 +252,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -234,6 +261,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("task", self.task, ("pose", "ae", "pose_ae"))
         _choice("mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
+        # cross-field checks: a run that cannot work fails when its config is read
+        if self.task in ("ae", "pose_ae") and not self.ae.shg_from:
+            raise ConfigError(f"task={self.task} needs ae.shg_from (the trained SHG run)")
+        if self.task == "pose_ae" and not self.ae.ae_from:
+            raise ConfigError("task=pose_ae needs ae.ae_from (the phase-1 AE run)")
+        if self.task != "pose" and not -self.model.stacks <= self.ae.stack < self.model.stacks:
+            raise ConfigError(f"ae.stack={self.ae.stack}: the model has {self.model.stacks} "
+                              "stacks")
+        if self.distributed.deepspeed_config and not Path(
+                self.distributed.deepspeed_config).is_file():
+            raise ConfigError(f"distributed.deepspeed_config: {self.distributed.deepspeed_config}"
+                              " not found")
 
 
 def native_bf16() -> bool:
@@ -307,7 +346,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig):
+def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
     values: dict = {}
     if path:
         path = Path(path)

@@ -1,18 +1,34 @@
-"""`shg demo`: the whole pipeline on the project's own synthetic people (what `make demo` runs).
+"""The demo recipe: the whole pipeline on the project's own synthetic people, as library calls
+(what `make demo` and `shg demo` run: `python -m shg.demo --out runs/demo`). Nothing imports it.
 
-Each step is the same command a user would type; the demo only chains them under one folder
-(runs/demo by default) and skips steps whose output already exists.
+Each step is what the matching `shg` command does; the demo chains them under one folder and
+skips the synthetic data when it is already there.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from pathlib import Path
 
+from shards.build import BuildOptions, build
 
-def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> int:
-    from .cli import main as shg
+from . import ae_study
+from .analysis.latent import LatentOptions, run_latent
+from .analysis.skeletons import SkeletonOptions, run_skeletons
+from .analysis.skips import SkipOptions, run_skips
+from .errors import EXIT_USAGE, USER_ERRORS, UserError
+from .evaluation.runner import EvalOptions, print_summary, run_eval
+from .predict import predict
+from .synth import SynthOptions, synthesize
+from .training.launch import train_processes
+from .weights import export
 
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+
+
+def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> None:
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -21,63 +37,75 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> int:
         print(f"\n=== {title}  [{time.perf_counter() - start:.0f} s]", flush=True)
 
     coco, shards = root / "coco", root / "shards"
+    val_ann = coco / "annotations" / "person_keypoints_val2017.json"
     step(f"synthetic COCO people -> {coco}")
-    if not (coco / "annotations" / "person_keypoints_val2017.json").exists():
-        _check(shg(["synth", "--out", str(coco), "--train", str(train_images),
-                    "--val", str(val_images), "--seed", "0"]))
+    if not val_ann.exists():
+        synthesize(SynthOptions(out=str(coco), train=train_images, val=val_images, seed=0))
     else:
         print("already there")
     step(f"thesis crops -> WebDataset shards in {shards}")
     for split in ("train2017", "val2017"):
-        _check(shg(["shards", "build", "--coco", str(coco), "--split", split,
-                    "--out", str(shards), "--shard-size", "200", "--workers", "2", "--quiet"]))
+        summary = build(BuildOptions(coco_root=str(coco), split=split, out=str(shards),
+                                     shard_size=200, workers=2, progress=False))
+        print(f"{split}: {summary['manifest']['num_samples']} crops")
     run = root / "train"
     step(f"train a 2-stack SHG (configs/demo.toml) -> {run}")
-    config = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
-    _check(shg(["train", "--config", str(config), f"run_dir={run}", f"data.shards={shards}"]))
+    _trained(train_processes(["--config", str(CONFIG), f"run_dir={run}",
+                              f"data.shards={shards}"]))
     step("export the best-by-PCK model")
-    _check(shg(["export", "--run", str(run), "--out", str(root / "model.safetensors")]))
+    model = export(run, root / "model.safetensors")
     step("evaluate the best model on the validation split (PCK, COCO AP, report)")
-    _check(shg(["eval", "--run", str(run), "--shards", str(shards), "--split", "val2017",
-                "--coco-ann", str(coco / "annotations" / "person_keypoints_val2017.json"),
-                "--out", str(root / "eval")]))
+    print_summary(run_eval(EvalOptions(shards=str(shards), split="val2017",
+                                       out=str(root / "eval"), run=str(run),
+                                       coco_ann=str(val_ann))))
     step("predict one validation image")
     image = sorted((coco / "val2017").glob("*.jpg"))[0]
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the JSON is long; the picture says it
-        _check(shg(["predict", "--model", str(root / "model.safetensors"), str(image),
-                    "--out", str(root / "predict.png")]))
+    predict(str(model), str(image), out=str(root / "predict.png"))
     analysis = root / "analysis"
     step("latent analysis: PCA of the bottleneck, walks with nearest real samples")
-    _check(shg(["analyze", "latent", "--run", str(run), "--shards", str(shards),
-                "--split", "train2017", "--max-samples", "600", "--out", str(analysis / "latent")]))
+    run_latent(LatentOptions(shards=str(shards), split="train2017", out=str(analysis / "latent"),
+                             run=str(run), limit=600))
     step("skeleton clusters: K-means + silhouette, all vs full skeletons")
-    _check(shg(["analyze", "skeletons", "--shards", str(shards), "--split", "train2017",
-                "--out", str(analysis / "skeletons")]))
+    run_skeletons(SkeletonOptions(shards=str(shards), split="train2017",
+                                  out=str(analysis / "skeletons")))
     step("skip-connection ablation on perfectly predicted samples")
-    _check(shg(["analyze", "skips", "--run", str(run), "--shards", str(shards),
-                "--split", "val2017", "--out", str(analysis / "skips")]))
+    run_skips(SkipOptions(shards=str(shards), split="val2017", out=str(analysis / "skips"),
+                          run=str(run)))
     short = ["eval.every_steps=75", "checkpoint.every_steps=75", "optim.schedule=constant",
              "optim.warmup_steps=0"]
     step("bottleneck autoencoder, phase 1: denoising AE on the frozen SHG's latents")
-    _check(shg(["ae", "train", "--run", str(run), "train.max_steps=150", "optim.lr=1e-3",
-                *short]))
+    ae_study.phase1(str(run), ["train.max_steps=150", "optim.lr=1e-3", *short])
     step("phase 2 (SHG + AE) vs the plain SHG trained as long: the fair comparison")
-    _check(shg(["ae", "compare", "--run", str(run), "--ae", f"{run}-ae", "--out",
-                str(root / "ae_compare"), "train.max_steps=150", "optim.lr=2.5e-4", *short]))
+    ae_study.compare(str(run), f"{run}-ae", str(root / "ae_compare"),
+                     ["train.max_steps=150", "optim.lr=2.5e-4", *short])
     step("done")
     print(f"everything is under {root}/:")
     print(f"  evaluation report  {root / 'eval' / 'report.md'} (+ PNG plots beside it)")
     print(f"  training curves    {run / 'metrics.jsonl'}, tensorboard --logdir {run / 'tb'}")
-    print(f"  exported model     {root / 'model.safetensors'}")
+    print(f"  exported model     {model}")
     print(f"  a prediction       {root / 'predict.png'}")
     print(f"  analyses (PNG+JSON) {analysis}/latent, {analysis}/skeletons, {analysis}/skips")
     print(f"  AE vs longer training {root / 'ae_compare' / 'compare.md'}")
+
+
+def _trained(code: int) -> None:
+    if code:
+        raise UserError(f"demo training failed (exit {code}); see the output above")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shg demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--train", type=int, default=600, help="synthetic training images")
+    parser.add_argument("--val", type=int, default=100, help="synthetic validation images")
+    args = parser.parse_args(argv)
+    try:
+        run_demo(args.out, args.train, args.val)
+    except USER_ERRORS as exc:
+        print(f"shg demo: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
-def _check(code: int) -> None:
-    if code:
-        raise SystemExit(code)
+if __name__ == "__main__":
+    sys.exit(main())

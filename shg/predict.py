@@ -16,31 +16,34 @@ from PIL import Image, ImageDraw
 from shards.crop import CropParams, crop_box, cut, to_image
 from shards.keypoints import NAMES
 
+from .errors import UserError
+
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
     try:
         x, y, w, h = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--bbox must be x,y,w,h (four numbers), not {text!r}") from None
+        raise UserError(f"--bbox must be x,y,w,h (four numbers), not {text!r}") from None
     if w <= 0 or h <= 0:
-        raise ValueError(f"--bbox width and height must be > 0, got {text!r}")
+        raise UserError(f"--bbox width and height must be > 0, got {text!r}")
     return x, y, w, h
 
 
 def predict(model_file: str, image_path: str, bbox: str | None = None, out: str | None = None,
             flip: bool = True, min_score: float = 0.05) -> dict:
-    from .decode import decode_heatmaps
-    from .evaluate import load_model, predict_batch
-    from .report import draw_skeleton
+    from .evaluation.decode import decode_heatmaps
+    from .evaluation.core import forward_heatmaps
+    from .evaluation.report import draw_skeleton
+    from .weights import load_model
 
-    model, meta, _ = load_model(model_file=model_file)
+    model, meta, _ = load_model(model_file)
     path = Path(image_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found")
+        raise UserError(f"{path}: image not found")
     try:
         image = Image.open(path).convert("RGB")
     except Exception as exc:  # PIL raises several kinds for unreadable files
-        raise ValueError(f"{path}: cannot read the image ({exc})") from None
+        raise UserError(f"{path}: cannot read the image ({exc})") from None
     w, h = image.size
     box = parse_bbox(bbox) if bbox else (0.0, 0.0, float(w), float(h))
     params = CropParams(size=int(meta.get("crop_size", 256)))
@@ -48,7 +51,7 @@ def predict(model_file: str, image_path: str, bbox: str | None = None, out: str 
     crop = np.asarray(cut(image, cbox, params), dtype=np.float32)
     mean = np.asarray(meta.get("mean_rgb", [0, 0, 0]), dtype=np.float32)
     x = torch.from_numpy(((crop - mean) / 255.0).transpose(2, 0, 1)).unsqueeze(0)
-    heat = predict_batch(model, x, flip)
+    heat = forward_heatmaps(model, x, flip)[1]
     coords, conf = decode_heatmaps(heat, params.size)
     points = to_image(coords[0].numpy(), cbox.affine(params.size))
     scores = conf[0].numpy()

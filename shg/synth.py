@@ -21,6 +21,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from shards.keypoints import NAMES, NUM_KEYPOINTS, SKELETON
 
+from .errors import UserError
+
 # (name, parent joint, length in body heights, default angle from "down" in degrees, range)
 _LIMBS_LEFT = {"elbow": (0.16, (-20, 160)), "wrist": (0.14, (-10, 140)),
                "knee": (0.23, (-15, 45)), "ankle": (0.23, (-5, 110))}
@@ -38,11 +40,11 @@ class SynthOptions:
 
     def __post_init__(self) -> None:
         if self.train < 0 or self.val < 0:
-            raise ValueError("--train and --val must be >= 0")
+            raise UserError("--train and --val must be >= 0")
         if not 64 <= self.min_size <= self.max_size:
-            raise ValueError("need 64 <= min_size <= max_size")
+            raise UserError("need 64 <= min_size <= max_size")
         if self.max_people < 1:
-            raise ValueError("max_people must be >= 1")
+            raise UserError("max_people must be >= 1")
 
 
 def _rot(angle: float) -> np.ndarray:

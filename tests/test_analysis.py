@@ -7,7 +7,7 @@ from shg.cli import main as shg
 
 
 def _keys(shards, split):
-    from shards.build import read_manifest
+    from shards.manifest import read_manifest
     from shards.reader import read_shard
 
     keys = set()

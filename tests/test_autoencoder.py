@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from shg.autoencoder import AEPhase1, BottleneckAE, SHGWithAE, add_proportional_noise
-from shg.checkpoint import load_weights
-from shg.model import StackedHourglass
+from shg.models import AEPhase1, BottleneckAE, SHGWithAE, add_proportional_noise
+from shg.weights import load_weights
+from shg.models import StackedHourglass
 
 SMALL = ["data.num_workers=0", "eval.max_samples=8", "eval.batch_size=8",
          "train.batch_size=2", "train.log_every=1", "eval.every_steps=2",

@@ -1,12 +1,12 @@
 import pytest
 
-from shg.config import ConfigError, TrainConfig, dump_toml, load_config
+from shg.config import ConfigError, RunConfig, dump_toml, load_config
 
 
 def test_required_keys_exist_and_overrides_coerce(tmp_path):
     cfg = load_config("configs/tiny.toml", ["model.stacks=3", "train.max_steps=7",
                                             "run_dir=runs/x", "optim.lr=1", "mixed_precision=bf16",
-                                            "eval.thresholds=[0.1, 0.2]"])
+                                            "eval.thresholds=[0.1, 0.2]", "eval.select=bbox@0.2"])
     assert cfg.model.stacks == 3 and cfg.train.max_steps == 7 and cfg.run_dir == "runs/x"
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.mixed_precision == "bf16" and cfg.eval.thresholds == [0.1, 0.2]
@@ -46,4 +46,4 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("[model\nstacks = 2")
     with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
         load_config(bad)
-    assert TrainConfig().model.stacks == 8
+    assert RunConfig().model.stacks == 8

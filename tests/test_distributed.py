@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shg.checkpoint import complete_checkpoints, load_weights
+from shg.training.checkpoint import complete_checkpoints
+from shg.weights import load_weights
 
 pytestmark = pytest.mark.slow
 ARGS = ["--config", "configs/tiny.toml", "model.features=16", "model.stacks=1",
@@ -66,7 +67,7 @@ def test_accelerate_launch_multi_cpu_and_the_cpu_trap(synth_shards, tmp_path):
                                   "--dynamo_backend", "no"]))
     assert state(tmp_path / "acc", 2)["world_size"] == 2, good.stdout
     trap = shg_train(synth_shards, tmp_path / "trap", "train.max_steps=2",
-                     env={"SHG_EXPECT_PROCESSES": "2"},
+                     "distributed.expect_processes=2",
                      launcher=[*accelerate, "--cpu", "--num_processes", "2",
                                "--num_machines", "1", "--mixed_precision", "no",
                                "--dynamo_backend", "no"])
@@ -99,8 +100,8 @@ def test_deepspeed_zero_trains_resumes_and_refuses_other_world_sizes(synth_shard
 def _bn_worker(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    from shg.model import StackedHourglass
-    from shg.train import broadcast_buffers
+    from shg.models import StackedHourglass
+    from shg.training.distributed import broadcast_buffers
 
     class Acc:
         num_processes = 2

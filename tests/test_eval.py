@@ -47,7 +47,7 @@ def test_eval_writes_every_output(trained_run, synth_shards, synth_root, tmp_pat
     for norm in pck["normalisations"].values():
         assert set(norm["mean"]) == {"0.05", "0.1", "0.2", "0.5"} and 0 <= norm["auc"] <= 1
     summary = json.loads((out / "summary.json").read_text())
-    from shards.build import read_manifest
+    from shards.manifest import read_manifest
 
     assert summary["samples"] == read_manifest(synth_shards)["splits"]["val2017"]["num_samples"]
 
@@ -99,3 +99,30 @@ def test_predict_draws_and_prints(trained_run, synth_root, tmp_path, capsys):
     assert len(result["keypoints"]) == 17 and (tmp_path / "p.png").stat().st_size > 0
     assert shg(["predict", "--model", str(tmp_path / "m.safetensors"), str(image),
                 "--bbox", "1,2,3"]) == 2
+
+
+def test_validation_and_shg_eval_give_the_same_pck(synth_shards, tmp_path):
+    """One evaluation core: the PCK logged by validation at step N equals `shg eval --step N
+    --no-flip` on the same split (fp32, contiguous memory: the same arithmetic)."""
+    run = tmp_path / "same"
+    proc = subprocess.run(
+        [sys.executable, "-m", "shg.train", "--config", "configs/tiny.toml",
+         f"data.shards={synth_shards}", f"run_dir={run}", "model.features=16",
+         "train.max_steps=6", "eval.every_steps=6", "checkpoint.every_steps=6",
+         "data.num_workers=0", "eval.max_samples=0", "mixed_precision=no",
+         "model.channels_last=false", "optim.lr=0.003"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    (val,) = [r for r in logged if "val_loss" in r]
+    out = tmp_path / "ev"
+    assert shg(["eval", "--run", str(run), "--step", "6", "--shards", str(synth_shards),
+                "--split", "val2017", "--out", str(out), "--no-flip"]) == 0
+    pck = json.loads((out / "pck.json").read_text())["normalisations"]
+    compared = 0
+    for norm in ("constant", "bbox"):
+        for t in ("0.05", "0.1", "0.2", "0.5"):
+            assert pck[norm]["mean"][t] == round(val[f"pck_{norm}@{float(t):g}"], 5), (norm, t)
+            compared += val[f"pck_{norm}@{float(t):g}"] > 0
+    assert compared >= 2  # not a comparison of zeros
+    samples = json.loads((out / "summary.json").read_text())["samples"]
+    assert val["val_samples"] == samples

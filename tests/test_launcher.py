@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from launcher.profile import load_profile
-from launcher.submit import pipeline_stages, sbatch_preview, status
+from launcher.stages import pipeline_stages
+from launcher.status import status
+from launcher.submit import sbatch_preview
 from shg.config import ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -27,10 +29,41 @@ def test_sbatch_matches_the_golden_file_for_2_nodes_x_4_gpus(stage):
     assert text == (GOLDEN / f"{stage}_2x4gpu.sbatch").read_text()
 
 
+@pytest.mark.parametrize("stage", ["train", "prepare"])
+def test_the_script_really_submitted_matches_the_golden_file(stage, tmp_path, monkeypatch):
+    """Not a second assembly path: submit() itself, with a stand-in sbatch that only answers
+    with a job id; the script submitit handed to it must equal the golden file."""
+    import re
+    import sys
+
+    from launcher.submit import submit
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/bash\nn=$(cat \"$0.count\" 2>/dev/null || echo 1000)\n"
+        "echo $((n + 1)) > \"$0.count\"\ncp \"$1\" \"$0-$((n + 1)).sh\"\n"
+        "echo \"Submitted batch job $((n + 1))\"\n")
+    (bin_dir / "srun").write_text("#!/bin/bash\nexit 0\n")  # submitit looks for it
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    profile = load_profile("slurm/profiles/example-2x4gpu.toml", [f"folder={tmp_path / 'jobs'}"])
+    stages = [s for s in _stages(profile).values() if s.name in ("prepare", "finalize", "train")]
+    result = submit(stages, profile, "slurm", "r1", log=lambda *a: None)
+    text = (bin_dir / f"sbatch-{result['ids'][stage][0].split('_')[0]}.sh").read_text()
+    names = {i.split("_")[0]: name for name, ids in result["ids"].items() for i in ids}
+    text = text.replace(str(tmp_path / "jobs"), "/shared/jobs")
+    text = re.sub(r"code-\d{8}-\d{6}(-\d+)?", "code-20261124-120000", text)
+    text = text.replace(sys.executable, "python")
+    text = re.sub(r"afterok:(\d+)", lambda m: f"afterok:ID_OF_{names[m.group(1)]}", text)
+    assert text == (GOLDEN / f"{stage}_2x4gpu.sbatch").read_text()
+
+
 def test_golden_train_script_says_what_matters():
     text = (GOLDEN / "train_2x4gpu.sbatch").read_text()
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
-                 "#SBATCH --signal=USR2@180", "#SBATCH --dependency='afterok:<finalize>'",
+                 "#SBATCH --signal=USR2@180", "#SBATCH --dependency=afterok:ID_OF_finalize",
                  "#SBATCH --kill-on-invalid-dep=yes", "module load cuda/12.4",
                  "cd /shared/jobs/r1/code-20261124-120000"):
         assert line in text
@@ -155,7 +188,7 @@ def test_a_stopped_training_requeues_until_max_requeues_then_fails(monkeypatch, 
 
 
 def test_status_names_the_failed_job_up_the_chain(tmp_path, monkeypatch, capsys):
-    import launcher.submit as sub
+    import launcher.status as sub
 
     record = {"run": "r", "executor": "slurm", "folder": str(tmp_path), "code": None,
               "jobs": {"prepare": ["1_0", "1_1"], "finalize": ["2"], "train": ["3"],

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from shards.keypoints import FLIP_INDEX
-from shg.decode import decode_heatmaps, flip_back
-from shg.metrics import bbox_norm, epe, pck, pck_curve, torso_norm
+from shg.evaluation.decode import decode_heatmaps, flip_back
+from shg.evaluation.pck import bbox_norm, epe, pck, pck_curve, torso_norm
 
 
 def test_pck_hand_computed():

@@ -1,13 +1,39 @@
 import pytest
 import torch
 
-from shg.model import StackedHourglass, count_parameters, expected_parameters
+from shg.models.hourglass import StackedHourglass, count_parameters, expected_parameters
+
+
+def _newell_parameters(stacks: int, f: int = 256, k: int = 17) -> int:
+    """Newell's architecture counted layer by layer from the paper's description (independent
+    of shg.models): pre-activation bottleneck residuals, depth-4 hourglasses, 1x1 heads and
+    re-mapping convs between stacks."""
+    def conv(cin, cout, size=1):
+        return cin * cout * size * size + cout
+
+    def bn(c):
+        return 2 * c
+
+    def residual(cin, cout):
+        mid = cout // 2
+        skip = conv(cin, cout) if cin != cout else 0
+        return (bn(cin) + conv(cin, mid) + bn(mid) + conv(mid, mid, 3) + bn(mid)
+                + conv(mid, cout) + skip)
+
+    def hourglass(level):  # up1, low1, low3 at every level; the innermost low2 a residual
+        return 3 * residual(f, f) + (hourglass(level - 1) if level > 1 else residual(f, f))
+
+    stem = conv(3, 64, 7) + bn(64) + residual(64, 128) + residual(128, 128) + residual(128, f)
+    per_stack = hourglass(4) + residual(f, f) + conv(f, f) + bn(f) + conv(f, k)
+    between = conv(f, f) + conv(k, f)
+    return stem + stacks * per_stack + (stacks - 1) * between
 
 
 @pytest.mark.parametrize("stacks", [1, 2, 8])
 def test_parameter_count_matches_newell(stacks):
     model = StackedHourglass(stacks=stacks, features=256, joints=17)
-    assert count_parameters(model) == expected_parameters(stacks, 17)
+    assert count_parameters(model) == _newell_parameters(stacks, 256, 17)
+    assert expected_parameters(stacks, 17) == _newell_parameters(stacks, 256, 17)  # the docs
     if stacks == 8:
         assert count_parameters(model) == 25_437_960
 

@@ -49,7 +49,7 @@ def test_flip_swaps_left_and_right(synth_shards):
     raw_meta = plain["meta"][0]
     from shards.sample import decode
     from shards.reader import read_shard, mean_rgb
-    from shards.build import read_manifest
+    from shards.manifest import read_manifest
     entry = read_manifest(synth_shards)["splits"]["train2017"]["shards"][0]
     raw = next(read_shard(synth_shards / entry["file"], None))
     flipped = decode(raw, mean_rgb(synth_shards, "train2017"), cfg, np.random.default_rng(0))
@@ -64,7 +64,7 @@ def test_flip_swaps_left_and_right(synth_shards):
 
 
 def test_two_ranks_get_disjoint_shards_and_equal_batches(synth_shards, monkeypatch):
-    from shards.build import read_manifest
+    from shards.manifest import read_manifest
     n = read_manifest(synth_shards)["splits"]["train2017"]["num_samples"]
     keys, counts = [], []
     for rank in (0, 1):
@@ -107,7 +107,7 @@ def test_resume_mid_stream_is_bit_identical_with_workers(synth_shards):
 
 
 def test_eval_reads_every_sample_once_across_ranks_and_workers(synth_shards):
-    from shards.build import read_manifest
+    from shards.manifest import read_manifest
     n = read_manifest(synth_shards)["splits"]["train2017"]["num_samples"]
     for world, workers in ((1, 0), (2, 2), (3, 1)):
         indices = []

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.build import BuildOptions, StrictError, build, finalize, read_manifest
+from shards.build import BuildOptions, StrictError, build, finalize
+from shards.manifest import read_manifest
 from shards.coco import DataError, eligible_count, load_coco
 from shards.crop import to_image
 from shards.reader import EvalStream, read_shard

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.submit import status
+from launcher.status import status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shg.checkpoint import complete_checkpoints, load_weights
+from shg.training.checkpoint import complete_checkpoints
+from shg.weights import load_weights
 
 TINY = ["model.stacks=2", "model.features=16", "train.batch_size=2", "data.num_workers=0",
         "data.shuffle_buffer=8", "eval.max_samples=8", "eval.batch_size=8",
@@ -63,8 +64,8 @@ def test_training_writes_a_complete_run_and_learns(synth_shards, tmp_path):
 
 def test_best_is_chosen_by_pck_not_by_loss(synth_shards, tmp_path, monkeypatch):
     """Feed validate() a PCK that falls while the loss falls: best/ must stay at the first."""
-    from shg import train as train_mod
     from shg.config import load_config
+    from shg.training import trainer as train_mod
 
     calls = []
 
@@ -79,7 +80,7 @@ def test_best_is_chosen_by_pck_not_by_loss(synth_shards, tmp_path, monkeypatch):
                                             f"run_dir={tmp_path / 'r'}", *TINY,
                                             "train.max_steps=6", "eval.every_steps=2",
                                             "eval.thresholds=[0.5]", "eval.early_stop_patience=2"])
-    summary = train_mod.train(cfg)
+    summary = train_mod.Trainer(cfg).fit()
     info = json.loads((tmp_path / "r" / "best" / "info.json").read_text())
     assert info["step"] == 2 and summary["best_step"] == 2
     assert summary["step"] == 6 and len(calls) == 3  # stopped by patience 2 at step 6
@@ -133,7 +134,7 @@ def test_other_architecture_is_named(synth_shards, tmp_path):
 
 def test_export_gives_loadable_weights(synth_shards, tmp_path):
     from shg.cli import main as shg
-    from shg.model import StackedHourglass
+    from shg.models import StackedHourglass
 
     run = tmp_path / "exp"
     run_train(synth_shards, run, "train.max_steps=2", "checkpoint.every_steps=2",
@@ -168,8 +169,10 @@ def test_bf16_autocast_keeps_the_loss_curve_of_fp32(synth_shards, tmp_path):
     # Early steps are chaotic (a 2e-3 learning rate on a fresh net); compare 4-step means.
     for i in range(0, 16, 4):
         a, b = sum(fp32[i:i + 4]) / 4, sum(bf16[i:i + 4]) / 4
-        # never clearly worse, and not a different curve altogether
-        assert 0.4 * a <= b <= 1.3 * a, f"steps {i}-{i + 3}: fp32 {a:.4f} vs bf16 {b:.4f}"
+        # never clearly worse, and not a different curve altogether. (Faster is allowed within
+        # reason: on an AMD EPYC without avx512_bf16, bf16 ran 2.5x lower than fp32 in steps
+        # 12-15 - 0.0100 vs 0.0251 - in the noisy tail of this steep start, old code and new.)
+        assert 0.2 * a <= b <= 1.3 * a, f"steps {i}-{i + 3}: fp32 {a:.4f} vs bf16 {b:.4f}"
     assert sum(bf16[-4:]) <= 1.25 * sum(fp32[-4:])
     assert sum(bf16[-4:]) < 0.1 * bf16[0] * 4  # and it learns
 

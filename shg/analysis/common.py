@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from shards.reader import EvalStream, eval_loader, split_entry
+from ..evaluation.core import progress_bar, split_batches
 
 
 def batches(shards: str, split: str, batch_size: int, meta: dict | None,
             limit: int | None = None, desc: str = "samples") -> Iterator[dict]:
-    """Un-augmented batches of a split in manifest order, with a progress bar."""
-    from tqdm import tqdm
-
-    entry = split_entry(shards, split)
-    stream = EvalStream(shards, split, batch_size, rank=0, world=1, mean_from="train2017",
-                        limit=limit, mean=(meta or {}).get("mean_rgb"))
-    total = min(entry["num_samples"], limit or entry["num_samples"])
-    with tqdm(total=total, desc=desc, unit="crop",
-              mininterval=0.5 if sys.stderr.isatty() else 30.0) as bar:
-        for batch in eval_loader(stream, num_workers=1):
+    """Un-augmented batches of a split in manifest order (one process), with a progress bar."""
+    with progress_bar(shards, split, limit, 1, True, desc) as bar:
+        for batch in split_batches(shards, split, batch_size, rank=0, world=1,
+                                   mean=(meta or {}).get("mean_rgb"), limit=limit):
             yield batch
             bar.update(len(batch["key"]))
 
@@ -69,7 +62,7 @@ def crop_with_skeleton(crop: np.ndarray, keypoints: np.ndarray, visible=None,
                        colour=(255, 40, 40)) -> np.ndarray:
     from PIL import Image, ImageDraw
 
-    from ..report import draw_skeleton
+    from ..evaluation.report import draw_skeleton
 
     im = Image.fromarray(crop)
     vis = np.ones(len(keypoints), bool) if visible is None else np.asarray(visible, bool)

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluate import ModelOnSplit, load_model
-from ..report import crops_by_key, pyplot
+from ..errors import UserError
+from ..evaluation.core import ModelOnSplit
+from ..evaluation.report import crops_by_key, pyplot
 from .common import batches, crop_with_skeleton, draw_tiles, nearest
 
 
@@ -37,7 +38,7 @@ class LatentOptions(ModelOnSplit):
 
 @torch.no_grad()
 def extract(opts: LatentOptions, model, meta) -> tuple[np.memmap, list[str], np.ndarray]:
-    from ..decode import decode_heatmaps
+    from ..evaluation.decode import decode_heatmaps
 
     out = Path(opts.out)
     stack = opts.stack % model.stacks
@@ -50,7 +51,7 @@ def extract(opts: LatentOptions, model, meta) -> tuple[np.memmap, list[str], np.
             heat = model(batch["image"])[:, -1]
         lat = captured[0].flatten(1).float().numpy()
         if store is None:
-            from shards.reader import split_entry
+            from shards.manifest import split_entry
 
             n_total = split_entry(opts.shards, opts.split)["num_samples"]
             n_total = min(n_total, opts.limit) if opts.limit else n_total
@@ -61,7 +62,7 @@ def extract(opts: LatentOptions, model, meta) -> tuple[np.memmap, list[str], np.
         keys += batch["key"]
         preds.append(decode_heatmaps(heat, batch["image"].shape[-1])[0].numpy())
     if store is None:
-        raise ValueError(f"{opts.shards}: split '{opts.split}' has no samples")
+        raise UserError(f"{opts.shards}: split '{opts.split}' has no samples")
     store.flush()
     return store, keys, np.concatenate(preds)
 
@@ -71,7 +72,7 @@ def run_latent(opts: LatentOptions) -> dict:
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, meta, source = load_model(opts.run, opts.step, opts.model_file)
+    model, meta, source = opts.load_model()
     latents, keys, preds = extract(opts, model, meta)
     n, dim = latents.shape
     m = max(1, min(opts.components, n - 1, dim))

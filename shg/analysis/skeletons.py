@@ -24,7 +24,8 @@ import numpy as np
 
 from shards.keypoints import NUM_KEYPOINTS, SKELETON
 
-from ..report import crops_by_key, pyplot
+from ..errors import UserError
+from ..evaluation.report import crops_by_key, pyplot
 from .common import draw_tiles
 
 
@@ -42,11 +43,12 @@ class SkeletonOptions:
 
     def __post_init__(self) -> None:
         if not 2 <= self.k_min <= self.k_max:
-            raise ValueError("need 2 <= k_min <= k_max")
+            raise UserError("need 2 <= k_min <= k_max")
 
 
 def read_skeletons(shards: str, split: str) -> tuple[list[str], np.ndarray]:
-    from shards.reader import read_shard, split_entry
+    from shards.manifest import split_entry
+    from shards.reader import read_shard
 
     keys, kps = [], []
     for shard in split_entry(shards, split)["shards"]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluate import ModelOnSplit, load_model
-from ..report import crops_by_key, pyplot
+from ..evaluation.core import ModelOnSplit
+from ..evaluation.report import crops_by_key, pyplot
 from .common import batches
 
 
@@ -34,7 +34,7 @@ class SkipOptions(ModelOnSplit):
 
 
 def _norms(batch, norm: str) -> np.ndarray:
-    from ..metrics import constant_norm
+    from ..evaluation.pck import constant_norm
 
     if norm == "constant":
         return constant_norm(len(batch["key"]), batch["image"].shape[-1])
@@ -47,12 +47,12 @@ def _norms(batch, norm: str) -> np.ndarray:
 
 @torch.no_grad()
 def run_skips(opts: SkipOptions) -> dict:
-    from ..decode import decode_heatmaps
-    from ..metrics import pck
+    from ..evaluation.decode import decode_heatmaps
+    from ..evaluation.pck import pck
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, meta, source = load_model(opts.run, opts.step, opts.model_file)
+    model, meta, source = opts.load_model()
     levels = list(range(1, model.depth + 1))
     settings = [("none", [])] + [(f"level {lv}", [lv]) for lv in levels] + [("all", levels)]
     # 1. find the perfect samples

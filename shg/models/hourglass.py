@@ -1,6 +1,6 @@
 """Newell et al. (2016) Stacked Hourglass network, exactly as published.
 
-    from shg.model import StackedHourglass
+    from shg.models import StackedHourglass
     model = StackedHourglass(stacks=8, features=256, joints=17)
     heatmaps = model(images)            # (N, stacks, joints, H/4, W/4)
 

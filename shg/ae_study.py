@@ -1,4 +1,5 @@
-"""`shg ae train | finetune | compare`: the two autoencoder phases and the fair comparison.
+"""The bottleneck-autoencoder study (`shg ae train | finetune | compare`): the two AE phases
+and the fair comparison.
 
 Every phase is an ordinary `shg train` run (so it has the same Accelerate/DDP/DeepSpeed,
 mixed-precision and checkpoint/resume behaviour) whose configuration starts from the SHG run's
@@ -15,9 +16,9 @@ own resolved config.toml:
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from .errors import UserError
 
 
 def phase_overrides(phase: str, run: str, ae_run: str = "") -> tuple[str, list[str]]:
@@ -34,23 +35,26 @@ def phase_overrides(phase: str, run: str, ae_run: str = "") -> tuple[str, list[s
     if phase == "baseline":
         out = f"{run}-continue"
         return out, ["task=pose", f"train.init_from={run}", f"run_dir={out}"]
-    raise ValueError(f"unknown AE phase {phase!r}; valid: train, finetune, baseline")
+    raise UserError(f"unknown AE phase {phase!r}; valid: train, finetune, baseline")
 
 
 def run_config(run: str) -> Path:
     config = Path(run) / "config.toml"
     if not config.is_file():
-        raise FileNotFoundError(f"{run}: no config.toml (is it a `shg train` run directory?)")
+        raise UserError(f"{run}: no config.toml (is it a `shg train` run directory?)")
     return config
 
 
 def _train(phase: str, run: str, ae_run: str, overrides: list[str], nproc: int) -> Path:
+    """One phase as its own training processes (each phase is a separate run)."""
+    from .training.launch import train_processes
+
     out, phase_args = phase_overrides(phase, run, ae_run)
-    cmd = [sys.executable, "-m", "shg.cli", "train", "--config", str(run_config(run)),
-           "--nproc", str(nproc), "checkpoint.resume=auto", *phase_args, *overrides]
-    code = subprocess.call(cmd)
+    args = ["--config", str(run_config(run)), "checkpoint.resume=auto", *phase_args, *overrides]
+    code = train_processes(args, nproc)
     if code:
-        raise RuntimeError(f"training failed (exit {code}): {' '.join(cmd)}")
+        raise UserError(f"AE {phase} training failed (exit {code}): python -m shg.train "
+                        + " ".join(args))
     return Path(out)
 
 
@@ -86,7 +90,7 @@ def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str
     for name, path in (("baseline (continue SHG)", base), ("SHG + AE (phase 2)", finetuned)):
         vals = _validations(path)
         if not vals:
-            raise ValueError(f"{path}: no validation in metrics.jsonl")
+            raise UserError(f"{path}: no validation in metrics.jsonl")
         pck_keys = sorted(k for k in vals[-1] if k.startswith("pck_"))
         best = max(vals, key=lambda r: r["best_score"])
         table[name] = {"run": str(path), "steps": vals[-1]["step"],

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import StackedHourglass
+from .hourglass import StackedHourglass
 
 
 class BottleneckAE(nn.Module):
@@ -134,13 +134,3 @@ class SHGWithAE(nn.Module):
         return {**self.shg.config(), "ae": self.ae.config(), "ae_stack": self.stack,
                 "task": "pose_ae"}
 
-
-def build_from_config(model_cfg: dict) -> nn.Module:
-    """The module a saved `model` metadata describes (plain SHG, phase 1 or phase 2)."""
-    cfg = dict(model_cfg)
-    ae_cfg, stack, task = cfg.pop("ae", None), cfg.pop("ae_stack", -1), cfg.pop("task", "pose")
-    shg = StackedHourglass(**cfg)
-    if ae_cfg is None:
-        return shg
-    ae = BottleneckAE(**ae_cfg)
-    return AEPhase1(shg, ae, stack) if task == "ae" else SHGWithAE(shg, ae, stack)

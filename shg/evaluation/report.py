@@ -33,7 +33,8 @@ def draw_skeleton(draw, kps: np.ndarray, visible: np.ndarray, colour, radius: fl
 
 def crops_by_key(shards: str, split: str, keys: set[str]) -> dict:
     """The stored crops (HxWx3 uint8) of the given sample keys."""
-    from shards.reader import read_shard, split_entry
+    from shards.manifest import split_entry
+    from shards.reader import read_shard
     from shards.sample import decode_png
 
     found = {}

@@ -1,4 +1,4 @@
-"""Run checkpoints: RUN/checkpoints/step-{N:08d}/, complete or absent.
+"""Run checkpoints: RUN/checkpoints/step-{N:08d}/, complete or absent, and RUN/best/.
 
 A checkpoint is a directory written as checkpoints/.tmp-step-N/ by every rank and renamed to
 step-N/ by rank 0 once all ranks finished and the COMPLETE marker is on disk, so a directory
@@ -8,12 +8,14 @@ named step-N is always whole. It holds
                          by 2 processes resumes on 1 and vice versa)  -- or, for DeepSpeed runs,
     zero/                DeepSpeed's own (ZeRO-partitioned) checkpoint (same world size only)
     model.safetensors    plain weights (rank 0), for export and train.init_from
-    state.json           step, samples seen, best PCK, data position, scheduler, grad scaler
+    state.json           step, samples seen, best metric, data position
     rng-rank{r}.json     every rank's RNG states
     COMPLETE
 
-No pickle is read back: DCP, safetensors and JSON only (DeepSpeed's own format excepted).
-The newest `keep` checkpoints are kept; best/ (chosen by PCK) lives beside them in RUN/best/.
+The Checkpointer owns the policy around them: which checkpoint a run resumes from
+(checkpoint.resume), when one is due (checkpoint.every_steps and the last step), how many are
+kept (checkpoint.keep), and best/ (the model chosen by the selection metric).
+Weights and state are read with safetensors and JSON; DCP reads its own `.metadata`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-MARKER = "COMPLETE"
+from shards import atomic
+
+from ..errors import UserError
+from ..weights import COMPLETE_MARKER, WEIGHTS_FILE, save_weights
+from . import faults
+
+MARKER = COMPLETE_MARKER
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -45,15 +53,6 @@ def complete_checkpoints(root: Path) -> list[Path]:
 def latest_checkpoint(root: Path) -> Path | None:
     found = complete_checkpoints(root)
     return found[-1] if found else None
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -88,59 +87,43 @@ def _tuples(obj):
     return tuple(_tuples(v) for v in obj) if isinstance(obj, list) else obj
 
 
-def save_weights(path: Path, state_dict: dict, metadata: dict) -> None:
-    """Atomic safetensors file with the model's config etc. in its metadata."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
-
-
-def load_weights(path: str | Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no weights file")
-    tensors, meta = {}, {}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            tensors[key] = f.get_tensor(key)
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return tensors, meta
-
-
-def check_compatible(model: torch.nn.Module, state: dict, source: str) -> None:
-    """A clear error naming the keys when weights belong to another architecture."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        parts = []
-        for title, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatch", shapes)):
-            if keys:
-                shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-                parts.append(f"{title}: {shown}")
-        raise ValueError(f"{source}: weights do not fit this model ({'; '.join(parts)}); "
-                         "was it trained with other model.stacks/features/joints?")
-
-
 class Checkpointer:
     """Collective save/load of a run's training state (every rank calls every method)."""
 
-    def __init__(self, run_dir: str | Path, accelerator, keep: int = 2, deepspeed: bool = False):
-        self.root = Path(run_dir) / "checkpoints"
-        self.acc, self.keep, self.deepspeed = accelerator, keep, deepspeed
+    def __init__(self, run_dir: str | Path, accelerator, cfg, deepspeed: bool = False):
+        """`cfg`: the run's CheckpointConfig (every_steps, keep, resume)."""
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / "checkpoints"
+        self.acc, self.cfg, self.deepspeed = accelerator, cfg, deepspeed
+        self.keep = cfg.keep
+
+    # -- policy ----------------------------------------------------------------------------
+    def resume_point(self) -> Path | None:
+        """The checkpoint this run continues from: checkpoint.resume = auto (the newest
+        complete one, if any), none, or a checkpoint directory."""
+        if self.cfg.resume == "none":
+            return None
+        if self.cfg.resume == "auto":
+            return latest_checkpoint(self.root)
+        path = Path(self.cfg.resume)
+        if not (path / MARKER).exists():
+            raise UserError(f"checkpoint.resume={path}: not a complete checkpoint")
+        return path
+
+    def due(self, step: int, final: bool) -> bool:
+        return final or step % self.cfg.every_steps == 0
+
+    def save_best(self, weights: dict, info: dict) -> None:
+        """RUN/best/: the weights and info.json (step, metrics) of the best model so far
+        (main process only)."""
+        best = self.run_dir / "best"
+        best.mkdir(parents=True, exist_ok=True)
+        save_weights(best / WEIGHTS_FILE, weights, info)
+        atomic.write_json(best / "info.json", info, indent=1)
 
     # -- save ------------------------------------------------------------------------------
-    def save(self, step: int, model, optimizer, state: dict, weights: dict, metadata: dict,
-             fault=None) -> Path:
+    def save(self, step: int, model, optimizer, state: dict, weights: dict, metadata: dict
+             ) -> Path:
         acc = self.acc
         tmp = self.root / f".tmp-step-{step:08d}"
         final = step_dir(self.root, step)
@@ -159,12 +142,12 @@ class Checkpointer:
             with warnings.catch_warnings():  # "assuming ... a single process": yes, we are
                 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
                 dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
-        _atomic_json(tmp / f"rng-rank{acc.process_index}.json", rng_state())
+        atomic.write_json(tmp / f"rng-rank{acc.process_index}.json", rng_state(), fsync=True)
         if acc.is_main_process:
-            save_weights(tmp / "model.safetensors", weights, metadata)
-            _atomic_json(tmp / "state.json", {**state, "world_size": acc.num_processes})
-        if fault:
-            fault("save", step)
+            save_weights(tmp / WEIGHTS_FILE, weights, metadata)
+            atomic.write_json(tmp / "state.json", {**state, "world_size": acc.num_processes},
+                              fsync=True)
+        faults.kill_if("save", step)
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / MARKER).write_text(str(step))
@@ -186,17 +169,17 @@ class Checkpointer:
         state = json.loads((path / "state.json").read_text())
         if self.deepspeed:
             if not (path / "zero").is_dir():
-                raise ValueError(f"{path}: not a DeepSpeed checkpoint; start a DeepSpeed run "
+                raise UserError(f"{path}: not a DeepSpeed checkpoint; start a DeepSpeed run "
                                  "from its weights with train.init_from instead")
             if state["world_size"] != acc.num_processes:
-                raise ValueError(
+                raise UserError(
                     f"{path}: DeepSpeed ZeRO checkpoint of {state['world_size']} processes "
                     f"cannot resume on {acc.num_processes}; start a new run with "
                     f"train.init_from={path} (weights and BN statistics; fresh optimizer)")
             model.load_checkpoint(str(path / "zero"), tag="state")
         else:
             if not (path / "dcp").is_dir():
-                raise ValueError(f"{path}: written by a DeepSpeed run; resume it with the same "
+                raise UserError(f"{path}: written by a DeepSpeed run; resume it with the same "
                                  "distributed.deepspeed_config, or use train.init_from")
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -208,7 +191,7 @@ class Checkpointer:
                     warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
                     dcp.load(target, checkpoint_id=str(path / "dcp"))
             except Exception as exc:  # DCP reports missing keys / shapes in its own words
-                raise ValueError(f"{path}: cannot load into this model ({exc})") from None
+                raise UserError(f"{path}: cannot load into this model ({exc})") from None
             set_state_dict(model, optimizer, model_state_dict=target["model"],
                            optim_state_dict=target["optim"])
         rng = path / f"rng-rank{acc.process_index}.json"

@@ -1,0 +1,136 @@
+"""What a submission queues: the stages of the pipeline (or of the AE study) with their job
+callables, arguments and dependencies, and the policy that turns a `shg submit` request into
+them (which stages, which inputs they need, absolute paths)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from shg.errors import UserError
+
+from . import jobs
+from .profile import Profile
+
+SPLITS = ("train2017", "val2017")
+ALL_STAGES = ("prepare", "train", "eval", "analyze")
+REQUESTS = {"pipeline": ALL_STAGES, "prepare": ("prepare",), "train": ("train",),
+            "eval": ("eval",), "analyze": ("analyze",), "ae": ("ae",)}
+
+
+@dataclass
+class Stage:
+    name: str
+    fn: Callable
+    args: list = field(default_factory=list)   # one call, or one per array task
+    array: bool = False
+    training: bool = False
+    gpu: bool = True
+    """False for CPU-only stages (shard building): no GPU is requested."""
+    after: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SubmitRequest:
+    """One `shg submit STAGE ...`: what to queue and with which inputs."""
+    stage: str
+    """pipeline, prepare, train, eval, analyze or ae."""
+    coco: str | None = None
+    shards: str | None = None
+    config: str | None = None
+    run: str | None = None
+    shard_size: int = 1000
+    ae: bool = False
+    """With `pipeline`: also queue the AE study after training."""
+    overrides: list[str] = field(default_factory=list)
+
+    def stages_wanted(self) -> tuple[str, ...]:
+        if self.stage not in REQUESTS:
+            raise UserError(f"unknown stage {self.stage!r}; valid: {', '.join(REQUESTS)}")
+        return REQUESTS[self.stage] + (("ae",) if self.ae and self.stage == "pipeline" else ())
+
+    def checked(self) -> "SubmitRequest":
+        """The request with absolute paths (jobs start in another directory, maybe on another
+        node), after checking that every input its stages need is given."""
+        which = self.stages_wanted()
+        needs = {"coco": "prepare" in which, "config": "train" in which,
+                 "shards": bool(set(which) & {"prepare", "train", "eval", "analyze"}),
+                 "run": bool(set(which) & {"train", "eval", "analyze", "ae"})}
+        missing = [f"--{k}" for k, needed in needs.items() if needed and not getattr(self, k)]
+        if missing:
+            raise UserError(f"shg submit {self.stage} needs {', '.join(missing)}")
+        if self.config and not Path(self.config).is_file():
+            raise UserError(f"--config {self.config}: no such file")
+        absolute = {k: str(Path(v).absolute()) if v else v
+                    for k, v in (("coco", self.coco), ("shards", self.shards),
+                                 ("config", self.config), ("run", self.run))}
+        return SubmitRequest(**{**self.__dict__, **absolute})
+
+    @property
+    def run_name(self) -> str:
+        return Path(self.run).name if self.run else "prepare"
+
+
+def pipeline_stages(coco: str, shards: str, config: str, run: str, overrides: list[str],
+                    profile: Profile, shard_size: int = 1000,
+                    which: tuple[str, ...] = ALL_STAGES) -> list[Stage]:
+    stages: list[Stage] = []
+    n = profile.prepare_tasks
+    if "prepare" in which:
+        stages.append(Stage("prepare", jobs.build_shards,
+                            [(coco, split, shards, shard_size, i, n)
+                             for split in SPLITS for i in range(n)], array=True, gpu=False))
+        stages.append(Stage("finalize", jobs.finalize_shards, [(shards, list(SPLITS))],
+                            after=["prepare"], gpu=False))
+    if "train" in which:
+        train_overrides = [f"data.shards={shards}", f"run_dir={run}",
+                           *profile.training_overrides(), *overrides]
+        stages.append(Stage("train", jobs.TrainJob(config, train_overrides,
+                                                   profile.max_requeues), [()], training=True,
+                            after=["finalize"] if "prepare" in which else []))
+    after_train = ["train"] if "train" in which else []
+    if "eval" in which:
+        stages.append(Stage("eval", jobs.evaluate,
+                            [({"shards": shards, "split": "val2017", "out": f"{run}/eval",
+                               "run": run},)], after=after_train))
+    if "analyze" in which:
+        model = {"shards": shards, "run": run}
+        stages.append(Stage("analyze", jobs.analyze,
+                            [("latent", {**model, "split": "train2017",
+                                         "out": f"{run}/analysis/latent"}),
+                             ("skips", {**model, "split": "val2017",
+                                        "out": f"{run}/analysis/skips"}),
+                             ("skeletons", {"shards": shards, "split": "train2017",
+                                            "out": f"{run}/analysis/skeletons"})],
+                            array=True, after=after_train))
+    if "ae" in which:
+        stages += ae_stages(run, [o for o in overrides if not o.startswith("run_dir=")],
+                            profile, after=after_train)
+    return stages
+
+
+def ae_stages(run: str, overrides: list[str], profile: Profile,
+              after: list[str] = ()) -> list[Stage]:
+    """The autoencoder study of a trained SHG run as training jobs: phase 1 (AE on the frozen
+    SHG's latents), phase 2 (fine-tune both) and the baseline that continues the plain SHG for
+    the same steps, then the comparison table. Each phase reads RUN/config.toml when it starts,
+    so this can be queued behind the SHG's own training job."""
+    from shg.ae_study import phase_overrides
+
+    stages = []
+    outs = {}
+    for phase, name, deps in (("train", "ae-train", list(after)),
+                              ("finetune", "ae-finetune", ["ae-train"]),
+                              ("baseline", "ae-baseline", list(after))):
+        out, phase_args = phase_overrides(phase, run)
+        outs[phase] = out
+        stages.append(Stage(name, jobs.TrainJob(f"{run}/config.toml",
+                                                ["checkpoint.resume=auto", *phase_args,
+                                                 *profile.training_overrides(), *overrides],
+                                                profile.max_requeues), [()], training=True,
+                            after=deps))
+    stages.append(Stage("ae-compare", jobs.ae_compare,
+                        [(run, outs["baseline"], outs["finetune"], f"{run}-ae-compare")],
+                        gpu=False, after=["ae-finetune", "ae-baseline"]))
+    return stages

@@ -1,0 +1,156 @@
+"""`shg submit status FOLDER`: one line per job of a submitted pipeline (state, elapsed time,
+requeues and, when a job failed or never ran, why), from sacct, squeue and the job logs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from shg.errors import UserError
+
+from .profile import Profile
+from .records import earlier_record
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit))(: .*)?$")
+
+
+def _last_error(path: Path) -> str:
+    """The last `SomeError: message` line of a job's log: the reason a person wants to read."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        line = line.strip()
+        if _ERROR_LINE.match(line) and not line.startswith("submitit.core.utils.FailedJobState"):
+            return line[:200]
+    return ""
+
+
+def _sacct(job_ids: list[str]) -> dict[str, dict]:
+    """State, exit code, start, elapsed time and requeue count per job (array task) id from one
+    sacct call; {} when sacct cannot answer (no accounting)."""
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    rows: dict[str, dict] = {}
+    for line in _run(["sacct", "-X", "-D", "-P", "-n", "-o",
+                      "JobID,State,ExitCode,Start,Elapsed", "-j", ",".join(bases)]):
+        parts = line.split("|")
+        if len(parts) < 5:
+            continue
+        job_id, state, exit_code, start, elapsed = parts[:5]
+        previous = rows.get(job_id)
+        requeues = previous["requeues"] + 1 if previous else 0  # -D: one row per start
+        rows[job_id] = {"state": state.split()[0], "exit": exit_code, "elapsed": elapsed,
+                        "started": start not in ("None", "Unknown", ""), "requeues": requeues}
+    return _spread_arrays(rows, job_ids)
+
+
+def _squeue(job_ids: list[str]) -> dict[str, dict]:
+    """State and reason (DependencyNeverSatisfied, Priority, ...) for the jobs slurmctld still
+    remembers (MinJobAge): sacct has no such reason."""
+    rows = {}
+    for line in _run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j",
+                      ",".join(sorted({j.split("_")[0] for j in job_ids}))]):
+        parts = line.split("|")
+        if len(parts) == 3:
+            rows[parts[0]] = {"state": parts[1], "reason": parts[2]}
+    return _spread_arrays(rows, job_ids)
+
+
+def _spread_arrays(rows: dict[str, dict], job_ids: list[str]) -> dict[str, dict]:
+    # an array that has not started is one row such as 5_[0-2%3]: it speaks for its tasks
+    for key in [k for k in rows if "[" in k]:
+        base = key.split("_")[0]
+        for job_id in job_ids:
+            if job_id.startswith(base + "_") and job_id not in rows:
+                rows[job_id] = rows[key]
+    return rows
+
+
+def _run(cmd: list[str]) -> list[str]:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.stdout.splitlines() if out.returncode == 0 else []
+
+
+_BAD = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "BOOT_FAIL",
+        "DEADLINE", "PREEMPTED")
+
+
+def status(folder: str, log=print) -> list[dict]:
+    """One line per job of a submitted pipeline: state, elapsed time, requeues and, when a job
+    failed or never ran, why."""
+    import submitit
+
+    path = Path(folder) / "pipeline.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; give the folder `shg submit` printed "
+                                "(the profile's folder / the run's name)")
+    record = json.loads(path.read_text())
+    all_ids = [i for ids in record["jobs"].values() for i in ids]
+    slurm = record["executor"] == "slurm"
+    acct = _sacct(all_ids) if slurm else {}
+    queue = _squeue(all_ids) if slurm else {}
+    rows = []
+    for stage, ids in record["jobs"].items():
+        for job_id in ids:
+            cls = submitit.SlurmJob if slurm else submitit.LocalJob
+            job = cls(folder=f"{record['folder']}/%j", job_id=job_id)
+            a, q = acct.get(job_id, {}), queue.get(job_id, {})
+            state = a.get("state") or q.get("state") or job.state
+            row = {"stage": stage, "job_id": job_id, "state": state,
+                   "elapsed": a.get("elapsed", ""), "requeues": a.get("requeues", 0), "why": ""}
+            reason = q.get("reason", "")
+            if reason.startswith("Dependency") and state != "PENDING" or (
+                    state == "CANCELLED" and a and not a["started"]
+                    and record.get("after", {}).get(stage)):
+                row["why"] = "never ran: a job it depends on failed"
+            elif state in _BAD or state.startswith("CANCELLED"):
+                why = _last_error(Path(job.paths.stderr))
+                if a.get("exit") not in (None, "", "0:0"):
+                    why = f"exit {a['exit']}" + (f": {why}" if why else "")
+                row["why"] = why or (reason if reason != "None" else "")
+            elif state == "PENDING" and reason not in ("None", ""):
+                row["why"] = reason
+            rows.append(row)
+    after = record.get("after", {})
+
+    def upstream(stage: str, seen: set) -> set:
+        for dep in after.get(stage, []):
+            if dep not in seen:
+                seen.add(dep)
+                upstream(dep, seen)
+        return seen
+
+    for row in rows:  # name the failed jobs up the chain a job that never ran waited for
+        if row["why"].startswith("never ran"):
+            deps = upstream(row["stage"], set())
+            culprits = [f"{r['stage']} {r['job_id']}" for r in rows
+                        if r["stage"] in deps and r["state"] in _BAD
+                        and not r["why"].startswith("never ran")]
+            if culprits:
+                row["why"] += (f" ({', '.join(culprits[:3])}"
+                               f"{', ...' if len(culprits) > 3 else ''})")
+    log(f"{'stage':<12}{'job':<12}{'state':<11}{'elapsed':<10}{'requeues':<9}why")
+    for r in rows:
+        log(f"{r['stage']:<12}{r['job_id']:<12}{r['state']:<11}{r['elapsed']:<10}"
+            f"{r['requeues']:<9}{r['why']}")
+    return rows
+
+
+def training_still_to_finish(profile: Profile, run_name: str) -> bool:
+    """For `shg submit ae` on Slurm: True when this run's training job (from an earlier
+    `shg submit`) is queued or running, so the AE jobs must wait for it; raises if it failed."""
+    train = earlier_record(profile.job_folder() / run_name, "slurm").get("jobs", {}).get("train")
+    if not train:
+        return False
+    info = {**_squeue(train), **_sacct(train)}.get(train[0], {})
+    state = info.get("state", "UNKNOWN")
+    if state in _BAD:
+        raise UserError(f"training job {train[0]} of {run_name} is {state}: see `shg submit "
+                           f"status {profile.job_folder() / run_name}`")
+    return state not in ("COMPLETED", "UNKNOWN")

@@ -1,0 +1,28 @@
+"""User-facing errors and the process exit codes every entry point shares.
+
+A `UserError` (or the data layer's `DataError`) is something the user can fix: the command line
+prints its message as one line and exits with EXIT_USAGE. Anything else is a bug or an
+environment failure (CUDA, NCCL, a full disk) and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from shards.manifest import DataError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+"""A user error: bad config, missing file, weights of another model, ..."""
+EXIT_DIVERGED = 3
+"""The loss became NaN/inf; the last good checkpoint is left intact."""
+EXIT_REQUEUE = 75
+"""EX_TEMPFAIL: stopped by a stop signal after saving a checkpoint; run again to resume.
+(slurm/train.sbatch tests for the same number in shell.)"""
+
+
+class UserError(Exception):
+    """An error whose message alone tells the user what to do (printed as one line)."""
+
+
+USER_ERRORS = (UserError, DataError)
+"""What entry points turn into one line and EXIT_USAGE."""

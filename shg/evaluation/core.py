@@ -1,0 +1,165 @@
+"""The one evaluation core: run a model (or the ground-truth heatmaps) over a split, decode,
+map back to image pixels, gather across ranks, check and sort. Training validation and
+`shg eval` both use it, so they cannot drift apart: validation at step N and
+`shg eval --step N --no-flip` give the same PCK (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from shards.crop import to_image
+from shards.keypoints import FLIP_INDEX
+from shards.manifest import split_entry
+from shards.reader import EvalStream, dist_rank_world, eval_loader
+
+from ..losses import heatmap_loss
+from .decode import decode_heatmaps, flip_back
+from .pck import bbox_norm, constant_norm, pck, torso_norm
+
+
+@dataclass
+class ModelOnSplit:
+    """What the commands that run a model over a split share: the shards and split to read,
+    the output directory, and the model as --run [--step] (best/ by default) or --model."""
+    shards: str
+    split: str
+    out: str
+    run: str | None = None
+    step: int | None = None
+    model_file: str | None = None
+
+    def load_model(self, poses: bool = True):
+        """(model, metadata, weights file) of --run/--step or --model."""
+        from ..errors import UserError
+        from ..weights import load_model
+
+        if self.model_file:
+            return load_model(self.model_file, poses=poses)
+        if self.run is None:
+            raise UserError("give --run RUN (with --best or --step N) or --model FILE")
+        return load_model(self.run, self.step, poses=poses)
+
+
+def split_batches(shards: str, split: str, batch_size: int, *, rank: int | None = None,
+                  world: int | None = None, mean=None, mean_from: str = "train2017",
+                  limit: int | None = None, num_workers: int = 1, sample_cfg=None
+                  ) -> Iterable[dict]:
+    """This rank's share of a split, every sample once, un-augmented, in manifest order."""
+    if rank is None or world is None:
+        rank, world = dist_rank_world()
+    stream = EvalStream(shards, split, batch_size, rank=rank, world=world, cfg=sample_cfg,
+                        mean_from=mean_from, limit=limit or None, mean=mean)
+    return eval_loader(stream, num_workers=num_workers)
+
+
+def progress_bar(shards: str, split: str, limit: int | None, world: int, enabled: bool,
+                 desc: str):
+    from tqdm import tqdm
+
+    total = split_entry(shards, split)["num_samples"]
+    total = min(total, limit or total)
+    # In a log file (Slurm) a bar that redraws often is megabytes of noise: redraw rarely.
+    return tqdm(total=total // world, disable=not enabled, unit="crop", desc=desc,
+                mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
+@torch.no_grad()
+def forward_heatmaps(model, images: torch.Tensor, flip: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(every stack's output (N, S, K, H, W), the last stack's heatmaps (N, K, H, W) in fp32,
+    averaged with the flipped input's when `flip`)."""
+    out = model(images)
+    heat = out[:, -1].float()
+    if flip:
+        heat = 0.5 * (heat + flip_back(model(images.flip(-1))[:, -1].float(), FLIP_INDEX))
+    return out, heat
+
+
+@torch.no_grad()
+def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, refine: str = "quarter",
+                 device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
+                 channels_last: bool = False, with_loss: bool = False, bar=None
+                 ) -> Iterator[dict]:
+    """One row per sample: predictions in crop and image pixels, confidences, ground truth, box.
+
+    `model=None` decodes the ground-truth target heatmaps (the oracle). `with_loss` adds each
+    sample's training loss (all stacks, no flip) as row["loss"]."""
+    for batch in batches:
+        loss = None
+        if model is None:
+            heat = batch["heatmaps"]
+        else:
+            images = batch["image"].to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                out, heat = forward_heatmaps(model, images, flip)
+            if with_loss:
+                loss = heatmap_loss(out, batch["heatmaps"].to(device),
+                                    batch["weights"].to(device), reduction="none").cpu()
+        crop_size = batch["image"].shape[-1]
+        coords, conf = decode_heatmaps(heat.float().cpu(), crop_size, refine=refine)
+        for i, meta in enumerate(batch["meta"]):
+            kps = batch["keypoints"][i].numpy()
+            row = {"index": int(batch["index"][i]), "key": batch["key"][i],
+                   "image_id": meta["image_id"], "ann_id": meta["ann_id"],
+                   "pred_crop": coords[i].numpy(), "conf": conf[i].numpy(),
+                   "pred_image": to_image(coords[i].numpy(), meta["affine"]),
+                   "gt_crop": kps[:, :2], "visible": kps[:, 2] > 0,
+                   "bbox": meta["bbox"], "affine": meta["affine"], "area": meta["area"]}
+            if loss is not None:
+                row["loss"] = float(loss[i])
+            yield row
+        if bar is not None:
+            bar.update(len(batch["key"]))
+
+
+def gather_rows(rows: list[dict]) -> list[dict]:
+    """Every rank's rows on every rank, sorted by sample index; a sample seen twice (ranks that
+    disagree on the split) is an error."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, rows)
+        rows = [r for p in parts for r in p]
+    rows = sorted(rows, key=lambda r: r["index"])
+    if len({r["index"] for r in rows}) != len(rows):
+        raise RuntimeError("a sample was evaluated twice: ranks disagree on the split")
+    return rows
+
+
+def normalisations(rows: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each PCK normalisation: (predictions, ground truth, per-instance norm) in the pixels
+    it is defined in. constant: crop pixels (the thesis); bbox and torso: image pixels."""
+    pred_c = np.stack([r["pred_crop"] for r in rows])
+    gt_c = np.stack([r["gt_crop"] for r in rows])
+    vis = visible(rows)
+    # Image-pixel ground truth = the crop keypoints mapped back (exact: same affine).
+    pred_i = np.stack([r["pred_image"] for r in rows])
+    gt_i = np.stack([to_image(r["gt_crop"], r["affine"]) for r in rows])
+    return {"constant": (pred_c, gt_c, constant_norm(len(rows))),
+            "bbox": (pred_i, gt_i, bbox_norm([r["bbox"][2:] for r in rows])),
+            "torso": (pred_i, gt_i, torso_norm(gt_i, vis))}
+
+
+def visible(rows: list[dict]) -> np.ndarray:
+    return np.stack([r["visible"] for r in rows])
+
+
+def pck_metrics(rows: list[dict], thresholds, names=("constant", "bbox")) -> dict[str, float]:
+    """{"pck_constant@0.5": ..., "pck_bbox@0.2": ...}: mean PCK over joints per threshold."""
+    vis = visible(rows)
+    out = {}
+    for name, (p, g, n) in normalisations(rows).items():
+        if name in names:
+            res = pck(p, g, vis, n, thresholds)
+            for t, v in zip(res.thresholds, res.mean):
+                out[f"pck_{name}@{t:g}"] = float(v)
+    return out

@@ -1,0 +1,242 @@
+"""The Trainer: set-up in `__init__`, the loop in `fit` (nanoGPT's shape: resume -> step ->
+maybe validate -> maybe save -> stop on signal, NaN or early stopping).
+
+On CPU with train.deterministic=true a run killed at any moment and resumed ends with
+bit-identical weights to an uninterrupted run (tests/test_train.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from shards import atomic
+
+from ..config import dump_toml
+from ..errors import UserError
+from ..losses import task_loss
+from . import faults
+from .checkpoint import Checkpointer, latest_checkpoint
+from .distributed import StopSignals, any_rank, broadcast_buffers, check_launch, \
+    make_accelerator, unwrap
+from .metrics_log import MetricsLogger
+from .optim import set_lr
+from .selection import Selection
+from .setup import data_facts, prepare_model, resolved, train_stream
+from .validation import validate
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or inf (exit code EXIT_DIVERGED)."""
+
+
+@dataclass
+class Progress:
+    """What a checkpoint's state.json records of the run's position."""
+    step: int = 0
+    samples_seen: int = 0
+    best_metric: float | None = None
+    """The best value of the selection metric so far (PCK, or the AE's reconstruction MSE)."""
+    best_step: int = -1
+    evals_without_gain: int = 0
+
+    @classmethod
+    def from_state(cls, state: dict, selection: Selection) -> "Progress":
+        fields = {k: state[k] for k in cls.__dataclass_fields__ if k in state}
+        if "best_metric" not in state and math.isfinite(state.get("best_score", -math.inf)):
+            # checkpoints before the selection had a direction stored minus the AE's MSE
+            best = state["best_score"]
+            fields["best_metric"] = best if selection.higher_is_better else -best
+        return cls(**fields)
+
+
+class Trainer:
+    def __init__(self, cfg):
+        faults.arm()
+        self.cfg = cfg = resolved(cfg)
+        train_split = data_facts(cfg)
+        self.accelerator, ds_config = make_accelerator(cfg)
+        check_launch(cfg, self.accelerator)
+        self.deepspeed = ds_config is not None
+        self.is_main = self.accelerator.is_main_process
+        self.run_dir = Path(cfg.run_dir)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.model, self.optimizer = prepare_model(cfg, self.accelerator)
+        self.checkpointer = Checkpointer(self.run_dir, self.accelerator, cfg.checkpoint,
+                                         deepspeed=self.deepspeed)
+        self.selection = Selection.for_run(cfg)
+        self.progress = Progress()
+        self.metadata = {"model": unwrap(self.model, self.accelerator).config(),
+                         "mean_rgb": train_split["mean_rgb"],
+                         "crop_size": train_split["crop"]["size"], "sigma": cfg.data.sigma}
+        self.logger = None
+        self.stopped_by_signal = False
+
+    # ------------------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        self.resume()
+        cfg, acc, progress = self.cfg, self.accelerator, self.progress
+        self.logger = MetricsLogger(self.run_dir, self.is_main)
+        stream, loader = train_stream(cfg, acc, progress.step)
+        bar = self._bar()
+        signals = StopSignals(cfg.train.stop_signals)
+        accum, micro, loss_acc = cfg.train.grad_accum, 0, 0.0
+        t_last, samples_last = time.perf_counter(), progress.samples_seen
+        self.model.train()
+        for batch in loader:
+            if progress.step >= cfg.train.max_steps:
+                break
+            micro += 1
+            lr = set_lr(self.optimizer, cfg, progress.step)
+            loss_acc += self.forward_backward(batch, last_micro=micro == accum) / accum
+            if faults.nan_at(progress.step + 1):
+                loss_acc = float("nan")
+            if micro < accum:
+                continue
+            micro = 0
+            self.optimizer_step(loss_acc)
+            bar.update(1)
+            faults.kill_if("step", progress.step)
+            final = progress.step == cfg.train.max_steps
+            if progress.step % cfg.train.log_every == 0 or final:
+                now = time.perf_counter()
+                rate = (progress.samples_seen - samples_last) / max(now - t_last, 1e-9)
+                t_last, samples_last = now, progress.samples_seen
+                self.logger.log({"step": progress.step, "loss": loss_acc, "lr": lr,
+                                 "img_per_s": rate, "samples_seen": progress.samples_seen,
+                                 "epoch": progress.samples_seen / stream.num_samples})
+                bar.set_postfix(loss=f"{loss_acc:.5f}", img_s=f"{rate:.1f}")
+            loss_acc = 0.0
+            early_stop = (progress.step % cfg.eval.every_steps == 0 or final) and \
+                self.validate_and_select(bar)
+            saved = self.checkpointer.due(progress.step, final or early_stop)
+            if saved:
+                self.save()
+            if not final and signals.agreed(acc):
+                self.stop_on_signal(signals.received, saved, bar)
+                break
+            if early_stop:
+                self.say(bar, f"early stopping: {cfg.eval.early_stop_patience} validations "
+                              f"without a better {self.selection.label}")
+                break
+        bar.close()
+        self.logger.close()
+        acc.wait_for_everyone()
+        acc.end_training()
+        return {"step": progress.step, "best_score": progress.best_metric,
+                "best_step": progress.best_step, "run_dir": str(self.run_dir),
+                "stopped_by_signal": self.stopped_by_signal}
+
+    # ------------------------------------------------------------------------------ its steps
+    def resume(self) -> None:
+        """Continue from the checkpoint checkpoint.resume names, then record the config."""
+        point = self.checkpointer.resume_point()
+        if point is not None:
+            from ..weights import check_compatible, load_weights
+
+            check_compatible(unwrap(self.model, self.accelerator), load_weights(point)[0],
+                             str(point))
+            state = self.checkpointer.load(point, self.model, self.optimizer)
+            self.progress = Progress.from_state(state, self.selection)
+            world = self.accelerator.num_processes
+            if self.is_main:
+                print(f"resumed from {point} at step {self.progress.step}"
+                      + (f" (saved by {state['world_size']} processes, now {world}: "
+                         "data order differs from an uninterrupted run)"
+                         if state["world_size"] != world else ""), flush=True)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(self.run_dir / "config.toml", dump_toml(self.cfg))
+
+    def forward_backward(self, batch: dict, last_micro: bool) -> float:
+        """One micro-batch: forward, loss, backward (gradients synchronised on the last one);
+        returns the loss."""
+        acc, cfg = self.accelerator, self.cfg
+        images = batch["image"].to(acc.device, non_blocking=True)
+        if cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        target = batch["heatmaps"].to(acc.device, non_blocking=True)
+        weights = batch["weights"].to(acc.device, non_blocking=True)
+        sync = last_micro or self.deepspeed
+        with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
+            with acc.autocast():
+                out = self.model(images)
+            loss = task_loss(cfg.task, out, target, weights)
+            acc.backward(loss if self.deepspeed else loss / cfg.train.grad_accum)
+        return float(loss.detach())
+
+    def optimizer_step(self, loss: float) -> None:
+        """Every rank agrees before stepping: one rank's NaN stops all of them. (Under DeepSpeed
+        the engine has already stepped inside backward; the run still stops before anything is
+        saved, so the last good checkpoint stays the newest.)"""
+        if any_rank(not math.isfinite(loss), self.accelerator):
+            last = latest_checkpoint(self.checkpointer.root)
+            raise TrainingDiverged(
+                f"loss is {loss} at step {self.progress.step + 1}: stopping before the "
+                f"optimizer step. Last good checkpoint: {last or 'none'} (left intact). "
+                "Lower optim.lr, set train.clip_grad, or use mixed_precision=no.")
+        if not self.deepspeed:
+            if self.cfg.train.clip_grad > 0:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        self.progress.samples_seen += (self.cfg.train.batch_size * self.cfg.train.grad_accum
+                                       * self.accelerator.num_processes)
+
+    def validate_and_select(self, bar) -> bool:
+        """Validate, keep best/ by the selection metric; True when early stopping says stop."""
+        progress, selection = self.progress, self.selection
+        broadcast_buffers(self.model, self.accelerator)
+        metrics = validate(self.cfg, self.model, self.accelerator)
+        value = selection.value(metrics)
+        if selection.better(value, progress.best_metric):
+            progress.best_metric, progress.best_step = value, progress.step
+            progress.evals_without_gain = 0
+            if self.is_main:
+                self.checkpointer.save_best(unwrap(self.model, self.accelerator).state_dict(),
+                                            {**self.metadata, "step": progress.step,
+                                             "metrics": metrics})
+        else:
+            progress.evals_without_gain += 1
+        self.logger.log({"step": progress.step, **metrics, "best_score": progress.best_metric})
+        self.say(bar, f"step {progress.step}: val loss {metrics['val_loss']:.5f}, "
+                      f"{selection.label} {value:.4g} (best {progress.best_metric:.4g} at step "
+                      f"{progress.best_step})")
+        patience = self.cfg.eval.early_stop_patience
+        return bool(patience and progress.evals_without_gain >= patience)
+
+    def save(self) -> None:
+        broadcast_buffers(self.model, self.accelerator)
+        self.checkpointer.save(self.progress.step, self.model, self.optimizer,
+                               asdict(self.progress),
+                               unwrap(self.model, self.accelerator).state_dict(), self.metadata)
+
+    def stop_on_signal(self, received: str | None, saved: bool, bar) -> None:
+        """Slurm's warning came: make sure this step is saved, then leave (exit EXIT_REQUEUE)."""
+        if not saved:
+            self.save()
+        self.stopped_by_signal = True
+        self.logger.log({"step": self.progress.step,
+                         "event": f"stopped by {received or 'a signal on another rank'}"})
+        self.say(bar, f"stopped by a signal at step {self.progress.step}: checkpoint saved; "
+                      "run the same command again (or requeue) to resume")
+
+    def say(self, bar, text: str) -> None:
+        if self.is_main:
+            bar.write(text)
+
+    def _bar(self):
+        from tqdm import tqdm
+
+        # In a log file (Slurm) a bar that redraws often is megabytes of noise: redraw rarely.
+        return tqdm(total=self.cfg.train.max_steps, initial=self.progress.step,
+                    disable=not self.is_main, unit="step", dynamic_ncols=True,
+                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
