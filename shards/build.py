@@ -186,7 +186,9 @@ def build(opts: BuildOptions, params: CropParams = CropParams(), log=print) -> d
     out = Path(opts.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     plan = make_plan(opts.coco_root, opts.split, opts.min_keypoints, opts.seed)
-    shards = shard_plan(plan, opts.shard_size)
+    # A split with no eligible person still gets one (empty) shard, so its manifest entry
+    # exists and says why it is empty (the filtered and skipped counts).
+    shards = shard_plan(plan, opts.shard_size) or [[]]
     if plan.first_offender and opts.strict:
         raise StrictError(f"--strict: {plan.first_offender}")
     fingerprint = {"annotation_sha256": plan.annotation_sha256, "shard_size": opts.shard_size,
@@ -239,6 +241,10 @@ def build(opts: BuildOptions, params: CropParams = CropParams(), log=print) -> d
         if state is not None:
             _close_shard(state, out, opts.split, plan, params, len(shards), fingerprint)
             state = None
+        for index in todo:
+            if not shards[index]:
+                _close_shard(_open_shard(out, opts.split, index), out, opts.split, plan, params,
+                             len(shards), fingerprint)
     except BaseException:
         if pool:
             pool.terminate()

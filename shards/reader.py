@@ -35,9 +35,16 @@ def dist_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def read_shard(path: Path, expected: int | None, on_error: str = "raise") -> Iterator[dict]:
+ON_ERROR = ("raise", "skip")
+"""What a reader does with a damaged shard or sample: stop with a DataError naming it, or skip
+it with a warning and count it (`skipped` in every batch)."""
+
+
+def read_shard(path: Path, expected: int | None, on_error: str = "raise",
+               lost: list[int] | None = None) -> Iterator[dict]:
     """Raw samples of one tar. A damaged or short shard raises a DataError naming it, or with
-    on_error="warn" is cut short with a warning (the samples read so far are kept)."""
+    on_error="skip" is cut short with a warning (the samples read so far are kept, the
+    missing ones added to lost[0])."""
     import webdataset as wds
 
     count = 0
@@ -53,10 +60,49 @@ def read_shard(path: Path, expected: int | None, on_error: str = "raise") -> Ite
         if isinstance(exc, DataError):
             raise
         message = f"shard {path}: {exc}"
-        if on_error == "warn":
+        if on_error == "skip":
             warnings.warn(message + " - skipping the rest of this shard", stacklevel=2)
+            if lost is not None:
+                lost[0] += max(expected - count, 1) if expected is not None else 1
             return
         raise DataError(message) from None
+
+
+def count_samples(path: Path) -> int:
+    """Samples in a shard from its tar headers alone (no image is read)."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:") as tar:
+            return sum(1 for name in tar.getnames() if name.endswith(".png"))
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise DataError(f"shard {path}: damaged ({exc})") from None
+
+
+def check_split(root: str | Path, split: str) -> None:
+    """Every shard the manifest lists for `split` is there and holds the samples it says
+    (a clear error at start instead of a failure hours into training)."""
+    for shard in split_entry(root, split)["shards"]:
+        path = Path(root) / shard["file"]
+        if not path.is_file():
+            raise DataError(f"shard {path}: listed in {Path(root) / 'manifest.json'} but missing")
+        found = count_samples(path)
+        if found != shard["num_samples"]:
+            raise DataError(f"shard {path}: holds {found} samples, the manifest says "
+                            f"{shard['num_samples']} (replaced or cut short?)")
+
+
+def decode_or_skip(raw: dict, mean, cfg: SampleConfig, rng, on_error: str) -> dict | None:
+    """decode(), with a failure named by shard and sample: raised, or (on_error="skip")
+    warned about and returned as None."""
+    try:
+        return decode(raw, mean, cfg, rng)
+    except Exception as exc:  # a corrupt PNG or json raises many kinds
+        where = f"shard {raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+        if on_error == "skip":
+            warnings.warn(f"{where}: skipped ({type(exc).__name__}: {exc})", stacklevel=2)
+            return None
+        raise DataError(f"{where}: cannot decode it ({type(exc).__name__}: {exc})") from None
 
 
 class _ShuffleBuffer:
@@ -107,7 +153,10 @@ class TrainStream(IterableDataset):
         self.cfg = cfg or SampleConfig()
         self.num_workers = max(1, num_workers)
         self.start_batch, self.num_batches = start_batch, num_batches
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
         self.shuffle_buffer, self.on_error = shuffle_buffer, on_error
+        self._lost = [0]  # samples of damaged shards skipped (per loader worker)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -121,11 +170,11 @@ class TrainStream(IterableDataset):
             order = np.random.default_rng([self.seed, p]).permutation(n)
             if n >= slots:
                 for k in order[slot::slots]:
-                    yield from read_shard(*self.shards[k], self.on_error)
+                    yield from read_shard(*self.shards[k], self.on_error, self._lost)
             else:
                 i = 0
                 for k in order:
-                    for sample in read_shard(*self.shards[k], self.on_error):
+                    for sample in read_shard(*self.shards[k], self.on_error, self._lost):
                         if i % slots == slot:
                             yield sample
                         i += 1
@@ -155,11 +204,22 @@ class TrainStream(IterableDataset):
             if j < j_first:  # fast-forward after a resume: no decoding
                 j += 1
                 continue
+            # A sample that fails to decode (on_error="skip") leaves its batch one smaller: the
+            # batches keep their raw samples, so a resumed stream stays bit-identical.
             samples = []
             for pos, item in enumerate(chunk):
                 rng = np.random.default_rng([self.seed, self.rank, s, j, pos])
-                samples.append(decode(item, self.mean, self.cfg, rng))
-            yield collate(samples)
+                sample = decode_or_skip(item, self.mean, self.cfg, rng, self.on_error)
+                if sample is not None:
+                    samples.append(sample)
+            skipped = len(chunk) - len(samples) + self._lost[0]
+            self._lost[0] = 0
+            if not samples:
+                raise DataError(f"every sample of a batch failed to decode (the last: shard "
+                                f"{chunk[-1].get('__url__')}: sample {chunk[-1].get('__key__')})")
+            batch = collate(samples)
+            batch["skipped"] = skipped
+            yield batch
             j += 1
             g += workers
 
@@ -217,7 +277,7 @@ class EvalStream(IterableDataset):
                     break
                 if not by_shard and index % slots != slot:
                     continue
-                sample = decode(raw, self.mean, self.cfg, None)
+                sample = decode_or_skip(raw, self.mean, self.cfg, None, "raise")
                 sample["index"] = index
                 batch.append(sample)
                 if len(batch) == self.batch_size:

@@ -71,8 +71,9 @@ def baseline(run: str, overrides: list[str], nproc: int = 1) -> Path:
 
 
 def _validations(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "val_loss" in r]
+    from .training.metrics_log import read_metrics
+
+    return [r for r in read_metrics(run) if "val_loss" in r]
 
 
 def compare(run: str, ae_run: str, out: str, overrides: list[str], nproc: int = 1) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import evaluate as evaluate_entry
 from . import train as train_entry
-from .errors import EXIT_USAGE, USER_ERRORS
+from .errors import EXIT_USAGE, USER_ERRORS, one_line
 
 
 # ----------------------------------------------------------------------------- data
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        print(f"shg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"shg {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -40,12 +40,16 @@ class DataConfig(SampleConfig):
     """Loader processes per training process (0 = load in the training process)."""
     shuffle_buffer: int = 256
     """Samples held in each loader worker's shuffle buffer."""
+    on_error: str = "raise"
+    """A damaged shard or sample met in training: "raise" (stop, naming shard and sample) or
+    "skip" (leave it out, counted as skipped_samples in metrics.jsonl and the summary)."""
 
     def __post_init__(self) -> None:
         try:
             super().__post_init__()
         except ValueError as exc:
             raise ConfigError(f"data.{exc}") from None
+        _choice("data.on_error", self.on_error, ("raise", "skip"))
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         if self.shuffle_buffer < 1:

@@ -18,7 +18,7 @@ from . import ae_study
 from .analysis.latent import LatentOptions, run_latent
 from .analysis.skeletons import SkeletonOptions, run_skeletons
 from .analysis.skips import SkipOptions, run_skips
-from .errors import EXIT_USAGE, USER_ERRORS, UserError
+from .errors import EXIT_USAGE, USER_ERRORS, UserError, one_line
 from .evaluation.runner import EvalOptions, print_summary, run_eval
 from .predict import predict
 from .synth import SynthOptions, synthesize
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_demo(args.out, args.train, args.val)
     except USER_ERRORS as exc:
-        print(f"shg demo: error: {exc}", file=sys.stderr)
+        print(f"shg demo: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     return 0
 

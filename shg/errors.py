@@ -26,3 +26,25 @@ class UserError(Exception):
 
 USER_ERRORS = (UserError, DataError)
 """What entry points turn into one line and EXIT_USAGE."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a user error as one line. An error raised in a DataLoader worker arrives
+    re-raised with the worker's traceback in its message: keep the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split("\n"))
+
+
+def loader_worker_died(exc: BaseException) -> str | None:
+    """A one-line explanation when `exc` is torch's report of a dead DataLoader worker (the OOM
+    killer's usual victim), else None."""
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and "DataLoader worker" in text and (
+            "killed by signal" in text or "exited unexpectedly" in text):
+        return (f"a data loader worker died ({text.splitlines()[0]}), most often killed for "
+                "lack of memory: lower data.num_workers or data.shuffle_buffer, or give the "
+                "job more memory; then run the same command again to resume")
+    return None

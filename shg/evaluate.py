@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from .errors import EXIT_USAGE, USER_ERRORS, UserError
+from .errors import EXIT_USAGE, USER_ERRORS, UserError, one_line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return evaluate(args)
     except USER_ERRORS as exc:
-        print(f"shg eval: error: {exc}", file=sys.stderr)
+        print(f"shg eval: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -17,10 +17,11 @@ import torch
 
 from shards import atomic
 
+from . import integrity
 from .errors import UserError
 
 WEIGHTS_FILE = "model.safetensors"
-COMPLETE_MARKER = "COMPLETE"
+COMPLETE_MARKER = integrity.MARKER
 """A checkpoint directory holding this file is whole (see shg/training/checkpoint.py)."""
 
 
@@ -49,11 +50,19 @@ def locate(source: str | Path, step: int | None = None) -> Path:
             have = complete_steps(source)
             raise WeightsError(f"{ckpt}: no complete checkpoint of step {step} "
                                f"(have: {', '.join(map(str, have)) or 'none'})")
+        problem = integrity.verify(ckpt)
+        if problem:
+            raise WeightsError(f"{ckpt}: damaged checkpoint: {problem}; use another --step "
+                               f"(have: {', '.join(map(str, complete_steps(source)))})")
         return ckpt / WEIGHTS_FILE
     if source.is_file():
         return source
     for candidate in (source / "best" / WEIGHTS_FILE, source / WEIGHTS_FILE):
         if candidate.is_file():
+            if (candidate.parent / COMPLETE_MARKER).exists():
+                problem = integrity.verify(candidate.parent)
+                if problem:
+                    raise WeightsError(f"{candidate.parent}: damaged: {problem}")
             return candidate
     if source.suffix == ".safetensors":
         raise WeightsError(f"{source}: weights file not found")
@@ -79,11 +88,17 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
         path = path / WEIGHTS_FILE
     if not path.is_file():
         raise WeightsError(f"{path}: no weights file")
+    from safetensors import SafetensorError
+
     tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            tensors[key] = f.get_tensor(key)
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read the weights ({exc}): the file is damaged or "
+                           "not a safetensors file") from None
     return tensors, meta
 
 

@@ -26,9 +26,29 @@ def test_oracle_reaches_coco_ap_090_on_real_coco(coco_sample, tmp_path):
     gt = COCO(str(ann))
     dt = gt.loadRes(str(out / "coco_results.json"))
     assert len(dt.anns) == 68
-    # back-projection: oracle image-pixel predictions land within the heatmap quantisation
+    # back-projection: oracle image-pixel predictions land within the heatmap quantisation of
+    # the annotation's own keypoints (the ground truth here is the COCO file, not the shards)
+    from shards.manifest import read_manifest
+    from shards.reader import read_shard
+
+    metas = [json.loads(raw["json"]) for s in read_manifest(shards)["splits"]["val2017"]["shards"]
+             for raw in read_shard(shards / s["file"], None)]
     results = json.loads((out / "coco_results.json").read_text())
-    assert all(len(r["keypoints"]) == 51 for r in results)
+    assert len(results) == len(metas)
+    checked = 0
+    for meta, res in zip(metas, results):
+        ann = gt.anns[meta["ann_id"]]
+        assert res["image_id"] == ann["image_id"]
+        cell = meta["affine"][0][0] * 4  # one heatmap cell (4 crop px) in image pixels
+        truth = np.asarray(ann["keypoints"], float).reshape(17, 3)
+        crop = np.asarray(meta["keypoints"], float).reshape(17, 3)
+        inside = (crop[:, 2] > 0) & (crop[:, :2] >= 0).all(1) & (crop[:, :2] < 256).all(1)
+        pred = np.asarray(res["keypoints"], float).reshape(17, 3)[:, :2]
+        for k in np.nonzero(inside & (truth[:, 2] > 0))[0]:
+            # the decoded cell centre is within half a cell diagonal of the point
+            assert np.linalg.norm(pred[k] - truth[k, :2]) <= cell * 0.7072 + 1e-3, (meta, k)
+            checked += 1
+    assert checked > 100
 
 
 def test_eval_writes_every_output(trained_run, synth_shards, synth_root, tmp_path, capsys):
@@ -87,6 +107,25 @@ def test_missing_model_and_empty_split_are_clear(trained_run, synth_shards, tmp_
     assert shg(["eval", "--oracle", "--shards", str(synth_shards), "--split", "test2017",
                 "--out", str(tmp_path / "x")]) == 2
     assert "no split 'test2017'" in capsys.readouterr().err
+    # an empty split: its only person is a crowd annotation, so nothing became a sample
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(root / "val2017" / "a.jpg")
+    person = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 1, "bbox": [1, 1, 20, 30],
+              "area": 600.0, "num_keypoints": 1, "keypoints": [5, 5, 2] + [0] * 48}
+    (root / "annotations" / "person_keypoints_val2017.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+         "annotations": [person], "categories": [{"id": 1, "name": "person"}]}))
+    empty = tmp_path / "empty"
+    assert shg(["shards", "build", "--coco", str(root), "--split", "val2017", "--out",
+                str(empty), "--quiet"]) == 0
+    capsys.readouterr()
+    assert shg(["eval", "--oracle", "--shards", str(empty), "--split", "val2017",
+                "--out", str(tmp_path / "x")]) == 2
+    assert "split 'val2017' has no samples" in capsys.readouterr().err
 
 
 def test_predict_draws_and_prints(trained_run, synth_root, tmp_path, capsys):

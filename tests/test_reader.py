@@ -63,30 +63,67 @@ def test_flip_swaps_left_and_right(synth_shards):
     assert raw_meta["ann_id"] == json.loads(raw["json"])["ann_id"]
 
 
-def test_two_ranks_get_disjoint_shards_and_equal_batches(synth_shards, monkeypatch):
+def _first_pass(batches) -> list[str]:
+    """The keys a stream yields before it repeats one: one pass over its part of the data."""
+    seen: list[str] = []
+    for b in batches:
+        for k in b["key"]:
+            if k in seen:
+                return seen
+            seen.append(k)
+    raise AssertionError("the stream never repeated a sample: ask for more batches")
+
+
+def _keys_of(shards, split) -> set[str]:
     from shards.manifest import read_manifest
-    n = read_manifest(synth_shards)["splits"]["train2017"]["num_samples"]
-    keys, counts = [], []
+    from shards.reader import read_shard
+
+    return {raw["__key__"] for s in read_manifest(shards)["splits"][split]["shards"]
+            for raw in read_shard(shards / s["file"], None)}
+
+
+def test_two_ranks_split_each_pass_by_shard_and_get_equal_batches(synth_shards, monkeypatch):
+    from shards.manifest import read_manifest
+    entry = read_manifest(synth_shards)["splits"]["train2017"]
+    n = entry["num_samples"]
+    assert len(entry["shards"]) >= 2  # enough shards: split by shard
+    streams, counts = [], []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        stream = TrainStream(synth_shards, "train2017", 4, seed=5, num_batches=7,
+        # more batches than a pass holds: each rank's stream comes round again
+        stream = TrainStream(synth_shards, "train2017", 4, seed=5, num_batches=n // 4 + 2,
                              shuffle_buffer=1)
         assert stream.rank == rank and stream.world == 2
         batches = list(train_loader(stream))
         counts.append(len(batches))
-        # One pass of this rank's shards: what it reads before repeating anything.
-        seen = []
-        for b in batches:
-            for k in b["key"]:
-                if k in seen:
-                    break
-                seen.append(k)
-        keys.append(seen)
+        streams.append([k for b in batches for k in b["key"]])
         assert batches[0]["image"].shape == (4, 3, 256, 256)
-    assert counts == [7, 7]
+    assert counts == [n // 4 + 2] * 2
+    # Pass 0 is a prefix of each rank's stream: some split of n into the two prefixes must be
+    # disjoint and cover the split exactly (a lost or doubled sample breaks every split).
+    everything = _keys_of(synth_shards, "train2017")
+    fits = [cut for cut in range(n + 1)
+            if not set(streams[0][:cut]) & set(streams[1][:n - cut])
+            and set(streams[0][:cut]) | set(streams[1][:n - cut]) == everything]
+    assert fits and all(0 < cut < n for cut in fits)
+
+
+def test_fewer_shards_than_slots_split_by_sample(synth_root, tmp_path):
+    """One shard, 2 ranks x 2 workers: the 4 slots take every 4th sample of it."""
+    from shards.build import BuildOptions, build
+
+    build(BuildOptions(coco_root=str(synth_root), split="val2017", out=str(tmp_path),
+                       shard_size=10_000, progress=False), log=lambda *a: None)
+    keys = []
+    for rank in (0, 1):
+        stream = TrainStream(tmp_path, "val2017", 2, seed=1, rank=rank, world=2,
+                             num_workers=2, num_batches=40, shuffle_buffer=1)
+        keys.append(_first_pass(train_loader(stream)))
+    everything = _keys_of(tmp_path, "val2017")
     assert not set(keys[0]) & set(keys[1])
-    assert len(keys[0]) + len(keys[1]) <= n
+    assert set(keys[0]) | set(keys[1]) == everything
+    assert abs(len(keys[0]) - len(keys[1])) <= 2
 
 
 def test_resume_mid_stream_is_bit_identical_with_workers(synth_shards):

@@ -157,7 +157,9 @@ def bad_coco(tmp_path):
     add(8, "rgba.png", [_person(8, 81, [20, 10, 40, 80])])
     rgb(100, 100).save(img_dir / "small.jpg")
     add(9, "small.jpg", [_person(9, 91, [20, 10, 40, 80])])  # json says 160x120
-    anns.append({"id": 99, "image_id": 1, "bbox": [1, 2, 3, 4]})  # no keypoints field
+    no_keypoints = _person(1, 99, [20, 10, 40, 80])
+    del no_keypoints["keypoints"]  # a person otherwise fine: only the field is missing
+    anns.append(no_keypoints)
     (root / "annotations" / "person_keypoints_val2017.json").write_text(
         json.dumps({"images": images, "annotations": anns,
                     "categories": [{"id": 1, "name": "person"}]}))
@@ -178,7 +180,13 @@ def test_bad_input_is_counted_by_reason(bad_coco, tmp_path, capsys):
     keys = sorted(s["__key__"] for s in samples)
     assert keys == ["1_11", "1_14", "2_21", "6_61", "7_71", "8_81"]
     for s in samples:
-        assert Image.open(__import__("io").BytesIO(s["png"])).mode == "RGB"
+        png = s["png"]
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[25] == 2  # IHDR colour type 2: RGB
+        if s["__key__"] == "6_61":  # the grayscale image: three equal channels, not empty
+            pixels = np.asarray(Image.open(__import__("io").BytesIO(png)))
+            assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] ==
+                                                                   pixels[..., 2]).all()
+            assert pixels.std() > 10
         if s["__key__"] == "2_21":
             assert json.loads(s["json"])["num_keypoints"] == 1
     printed = capsys.readouterr().out
@@ -227,5 +235,5 @@ def test_truncated_shard_is_named(synth_shards, tmp_path):
         list(EvalStream(work, "val2017", 4, rank=0, world=1))
     with pytest.warns(UserWarning, match=tar.name):
         got = sum(len(b["key"]) for b in EvalStream(work, "val2017", 4, rank=0, world=1,
-                                                     on_error="warn"))
+                                                     on_error="skip"))
     assert 0 < got < m["num_samples"]

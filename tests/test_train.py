@@ -196,6 +196,13 @@ def test_fp16_on_cpu_is_refused(synth_shards, tmp_path):
     assert proc.returncode == 2 and "fp16 needs a GPU" in proc.stderr
 
 
+def _row(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except ValueError:  # a line cut by a kill
+        return {}
+
+
 def _wait_for_step(run, step, proc, timeout=120):
     import time
 
@@ -204,7 +211,7 @@ def _wait_for_step(run, step, proc, timeout=120):
         if proc.poll() is not None:
             return False
         metrics = Path(run) / "metrics.jsonl"
-        if metrics.exists() and any(json.loads(l).get("step", 0) >= step
+        if metrics.exists() and any(_row(l).get("step", 0) >= step
                                     for l in metrics.read_text().splitlines() if l.strip()):
             return True
         time.sleep(0.2)
@@ -219,13 +226,12 @@ def test_stop_signal_saves_and_the_rerun_resumes_exactly(synth_shards, tmp_path,
 
     common = ["train.max_steps=30", "eval.every_steps=100", "checkpoint.every_steps=100"]
     args = ["--config", "configs/tiny.toml", f"data.shards={synth_shards}", *TINY, *common]
+    launch = ([sys.executable, "-m", "shg.train"] if nproc == 1 else
+              [sys.executable, "-m", "shg.cli", "train", "--nproc", "2"])
     ref = tmp_path / "ref"
-    run_train(synth_shards, ref, *common)
+    subprocess.run([*launch, *args, f"run_dir={ref}"], capture_output=True, check=True)
     run = tmp_path / "sig"
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "shg.train", *args, f"run_dir={run}"]
-    else:
-        cmd = [sys.executable, "-m", "shg.cli", "train", "--nproc", "2", *args, f"run_dir={run}"]
+    cmd = [*launch, *args, f"run_dir={run}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     assert _wait_for_step(run, 5, proc), proc.communicate()[1][-3000:]
@@ -239,7 +245,47 @@ def test_stop_signal_saves_and_the_rerun_resumes_exactly(synth_shards, tmp_path,
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event", "").startswith("stopped by") for e in events)
     assert json.loads((saved[0] / "state.json").read_text())["world_size"] == nproc
-    resumed = run_train(synth_shards, run, *common)
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {stopped_at}" in resumed.stdout
-    if nproc == 1:  # (2 -> 1 process resumes too, in another data order)
-        assert same(weights(run, 30), weights(ref, 30))
+    assert same(weights(run, 30), weights(ref, 30))  # as if never stopped, 1 or 2 processes
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_whole_two_process_run_then_reruns_is_bit_identical(synth_shards,
+                                                                           tmp_path):
+    """The process group of a 2-process DDP run killed at seeded random moments, three
+    times; the same command run again until it finishes ends with the weights of an
+    uninterrupted 2-process run."""
+    import random
+    import signal as sig
+    import time
+
+    common = ["train.max_steps=16", "eval.every_steps=5", "checkpoint.every_steps=3"]
+    cmd = [sys.executable, "-m", "shg.cli", "train", "--nproc", "2", "--config",
+           "configs/tiny.toml", f"data.shards={synth_shards}", *TINY, *common]
+    ref = tmp_path / "ref"
+    subprocess.run([*cmd, f"run_dir={ref}"], capture_output=True, check=True, timeout=600)
+    run = tmp_path / "killed"
+    rng = random.Random(7)
+    kills = 0
+    for at_step in (3, 7, 12):
+        proc = subprocess.Popen([*cmd, f"run_dir={run}"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        if _wait_for_step(run, at_step, proc):
+            time.sleep(rng.uniform(0.0, 1.5))  # mid-step, mid-validation or mid-save
+            os.killpg(proc.pid, sig.SIGKILL)
+            kills += proc.wait() != 0
+        else:
+            proc.wait()
+    assert kills >= 2
+    for _ in range(3):
+        done = subprocess.run([*cmd, f"run_dir={run}"], capture_output=True, text=True,
+                              timeout=600)
+        if done.returncode == 0:
+            break
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "checkpoints" / "step-00000016" / "state.json").read_text())[
+        "world_size"] == 2
+    assert same(weights(run, 16), weights(ref, 16))
+    assert not list((run / "checkpoints").glob(".tmp-*"))

@@ -10,11 +10,14 @@ named step-N is always whole. It holds
     model.safetensors    plain weights (rank 0), for export and train.init_from
     state.json           step, samples seen, best metric, data position
     rng-rank{r}.json     every rank's RNG states
-    COMPLETE
+    COMPLETE             the step and every file's size and SHA-256 (shg/integrity.py)
 
 The Checkpointer owns the policy around them: which checkpoint a run resumes from
 (checkpoint.resume), when one is due (checkpoint.every_steps and the last step), how many are
-kept (checkpoint.keep), and best/ (the model chosen by the selection metric).
+kept (checkpoint.keep), and best/ (the model chosen by the selection metric). A damaged newest
+checkpoint is named and the run resumes from the one before; a failed write (a full disk)
+stops the run with the earlier checkpoints and best/ intact. best/ is a link to a complete
+directory (.best-N.*), switched in one rename: weights and info.json change together.
 Weights and state are read with safetensors and JSON; DCP reads its own `.metadata`.
 """
 
@@ -32,9 +35,11 @@ import torch
 
 from shards import atomic
 
+from .. import integrity
 from ..errors import UserError
 from ..weights import COMPLETE_MARKER, WEIGHTS_FILE, save_weights
 from . import faults
+from .distributed import any_rank
 
 MARKER = COMPLETE_MARKER
 
@@ -87,6 +92,10 @@ def _tuples(obj):
     return tuple(_tuples(v) for v in obj) if isinstance(obj, list) else obj
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint or best/ could not be written (full disk, quota, I/O error)."""
+
+
 class Checkpointer:
     """Collective save/load of a run's training state (every rank calls every method)."""
 
@@ -98,28 +107,70 @@ class Checkpointer:
         self.keep = cfg.keep
 
     # -- policy ----------------------------------------------------------------------------
-    def resume_point(self) -> Path | None:
+    def resume_point(self, log=print) -> Path | None:
         """The checkpoint this run continues from: checkpoint.resume = auto (the newest
-        complete one, if any), none, or a checkpoint directory."""
+        complete one whose files match their checksums, if any), none, or a checkpoint
+        directory."""
         if self.cfg.resume == "none":
             return None
-        if self.cfg.resume == "auto":
-            return latest_checkpoint(self.root)
-        path = Path(self.cfg.resume)
-        if not (path / MARKER).exists():
-            raise UserError(f"checkpoint.resume={path}: not a complete checkpoint")
-        return path
+        if self.cfg.resume != "auto":
+            path = Path(self.cfg.resume)
+            if not (path / MARKER).exists():
+                raise UserError(f"checkpoint.resume={path}: not a complete checkpoint")
+            problem = integrity.verify(path)
+            if problem:
+                raise UserError(f"checkpoint.resume={path}: damaged checkpoint: {problem}")
+            return path
+        damaged = []
+        for path in reversed(complete_checkpoints(self.root)):
+            problem = integrity.verify(path)
+            if problem is None:
+                if damaged and self.acc.is_main_process:
+                    log(f"resuming from {path.name} (step {int(path.name.split('-')[1])}), "
+                        f"the newest intact checkpoint", flush=True)
+                return path
+            damaged.append(path.name)
+            if self.acc.is_main_process:
+                log(f"shg train: checkpoint {path} is damaged: {problem}; trying the one "
+                    "before it", flush=True)
+        if damaged:
+            raise UserError(f"{self.root}: every checkpoint is damaged ({', '.join(damaged)}); "
+                            "start over with --resume none (or checkpoint.resume=none)")
+        return None
 
     def due(self, step: int, final: bool) -> bool:
         return final or step % self.cfg.every_steps == 0
 
     def save_best(self, weights: dict, info: dict) -> None:
         """RUN/best/: the weights and info.json (step, metrics) of the best model so far
-        (main process only)."""
-        best = self.run_dir / "best"
-        best.mkdir(parents=True, exist_ok=True)
-        save_weights(best / WEIGHTS_FILE, weights, info)
-        atomic.write_json(best / "info.json", info, indent=1)
+        (main process only). Written whole into a new directory, then the `best` link is
+        switched to it in one rename; a failed write leaves the previous best/ as it was."""
+        import uuid
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        target = self.run_dir / f".best-{info['step']:08d}.{uuid.uuid4().hex[:8]}"
+        try:
+            with atomic.atomic_path(target) as tmp:
+                tmp.mkdir()
+                faults.fail_write("best", info["step"])
+                save_weights(tmp / WEIGHTS_FILE, weights, info)
+                atomic.write_json(tmp / "info.json", info, indent=1)
+                integrity.write_marker(tmp, info["step"])
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"cannot write best/ of step {info['step']} in {self.run_dir}: {exc}; the "
+                "previous best/ and the checkpoints are intact: free space, then run the same "
+                "command again to resume") from None
+        link = self.run_dir / "best"
+        if link.is_dir() and not link.is_symlink():  # a run from before best/ was a link
+            os.replace(link, self.run_dir / ".best-legacy")
+        tmp_link = self.run_dir / f".best.{os.getpid()}.link"
+        tmp_link.unlink(missing_ok=True)
+        os.symlink(target.name, tmp_link)  # relative: the run directory can move
+        os.replace(tmp_link, link)
+        for old in self.run_dir.glob(".best-*"):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
 
     # -- save ------------------------------------------------------------------------------
     def save(self, step: int, model, optimizer, state: dict, weights: dict, metadata: dict
@@ -132,6 +183,31 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         acc.wait_for_everyone()
+        error = None
+        try:
+            self._write_state(tmp, step, model, optimizer, state, weights, metadata)
+        except OSError as exc:
+            error = exc
+        if any_rank(error is not None, acc):  # every rank stops, none waits for the others
+            self._failed(tmp, step, error)
+        faults.kill_if("save", step)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            try:
+                integrity.write_marker(tmp, step)
+            except OSError as exc:
+                self._failed(tmp, step, exc)
+            shutil.rmtree(final, ignore_errors=True)  # a re-run after resume --none
+            os.replace(tmp, final)
+            self._prune()
+        acc.wait_for_everyone()
+        return final
+
+    def _write_state(self, tmp: Path, step: int, model, optimizer, state: dict, weights: dict,
+                     metadata: dict) -> None:
+        """This rank's part of checkpoint `step` (the main rank also writes the plain weights
+        and state.json)."""
+        acc = self.acc
         if self.deepspeed:
             model.save_checkpoint(str(tmp / "zero"), tag="state")
         else:
@@ -144,18 +220,20 @@ class Checkpointer:
                 dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
         atomic.write_json(tmp / f"rng-rank{acc.process_index}.json", rng_state(), fsync=True)
         if acc.is_main_process:
+            faults.fail_write("save", step)
             save_weights(tmp / WEIGHTS_FILE, weights, metadata)
             atomic.write_json(tmp / "state.json", {**state, "world_size": acc.num_processes},
                               fsync=True)
-        faults.kill_if("save", step)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            (tmp / MARKER).write_text(str(step))
-            shutil.rmtree(final, ignore_errors=True)  # a re-run after resume --none
-            os.replace(tmp, final)
-            self._prune()
-        acc.wait_for_everyone()
-        return final
+
+    def _failed(self, tmp: Path, step: int, error: OSError | None):
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(self.root)
+        raise CheckpointWriteError(
+            f"cannot write checkpoint step {step} in {self.root}: "
+            f"{error or 'a write failed on another rank'}; the earlier checkpoints "
+            f"({last.name if last else 'none'}) and best/ are intact: free space, then run the "
+            "same command again to resume") from None
 
     def _prune(self) -> None:
         for old in complete_checkpoints(self.root)[:-self.keep]:

@@ -7,7 +7,8 @@ import json
 import os
 import sys
 
-from ..errors import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, EXIT_USAGE, USER_ERRORS
+from ..errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE, EXIT_USAGE, \
+    USER_ERRORS, loader_worker_died, one_line
 from .distributed import end_process_after_deepspeed
 
 
@@ -15,7 +16,9 @@ def train(cfg) -> dict:
     """Train (or resume) the run `cfg` describes; returns its summary."""
     from .trainer import Trainer
 
-    return Trainer(cfg).fit()
+    trainer = Trainer(cfg)
+    with trainer.holding_run():
+        return trainer.fit()
 
 
 def run(cfg, hard_exit: bool = True) -> int:
@@ -39,8 +42,14 @@ def run(cfg, hard_exit: bool = True) -> int:
         print(f"shg train: {exc}", file=sys.stderr)
         code = EXIT_DIVERGED
     except USER_ERRORS as exc:
-        print(f"shg train: error: {exc}", file=sys.stderr)
+        print(f"shg train: error: {one_line(exc)}", file=sys.stderr)
         code = EXIT_USAGE
+    except RuntimeError as exc:
+        why = loader_worker_died(exc)
+        if why is None:
+            raise
+        print(f"shg train: error: {why}", file=sys.stderr)
+        code = EXIT_FAILED
     sys.stdout.flush()
     sys.stderr.flush()
     if cfg.distributed.deepspeed_config:

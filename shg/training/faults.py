@@ -3,12 +3,15 @@
     SHG_FAULT=step:N   SIGKILL this process right after optimizer step N
     SHG_FAULT=save:N   SIGKILL it inside the save of step N (all files written, not renamed)
     SHG_FAULT=nan:N    make step N's loss NaN (the divergence stop)
+    SHG_FAULT=enospc:N         the write of checkpoint N fails with ENOSPC (a full disk)
+    SHG_FAULT=enospc-best:N    the write of best/ at step N fails with ENOSPC
 
 Nothing else in the toolkit reads SHG_FAULT; the loop and the checkpointer only ask here.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -20,7 +23,8 @@ def arm(spec: str | None = None) -> None:
     global _plan
     spec = os.environ.get("SHG_FAULT", "") if spec is None else spec
     where, _, step = spec.partition(":")
-    _plan = (where, int(step)) if where in ("step", "save", "nan") and step.isdigit() else None
+    kinds = ("step", "save", "nan", "enospc", "enospc-best")
+    _plan = (where, int(step)) if where in kinds and step.isdigit() else None
 
 
 def kill_if(where: str, step: int) -> None:
@@ -30,3 +34,9 @@ def kill_if(where: str, step: int) -> None:
 
 def nan_at(step: int) -> bool:
     return _plan == ("nan", step)
+
+
+def fail_write(what: str, step: int) -> None:
+    """`what` = "save" (a checkpoint) or "best"."""
+    if _plan == ({"save": "enospc", "best": "enospc-best"}[what], step):
+        raise OSError(errno.ENOSPC, "No space left on device (SHG_FAULT)")

@@ -1,4 +1,6 @@
-"""metrics.jsonl (appended, so a resumed run continues it) and TensorBoard, main rank only."""
+"""metrics.jsonl (appended, so a resumed run continues it) and TensorBoard, main rank only.
+
+Readers use `read_metrics`, which skips a line a killed run left half-written."""
 
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ class MetricsLogger:
         self.file = self.tb = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.file = open(run_dir / "metrics.jsonl", "a")
+            path = run_dir / "metrics.jsonl"
+            cut = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+            self.file = open(path, "a")
+            if cut:  # a killed run's half-written last line: end it, readers skip it
+                self.file.write("\n")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -36,3 +42,13 @@ class MetricsLogger:
             self.file.close()
         if self.tb:
             self.tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    rows = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows

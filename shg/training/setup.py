@@ -8,7 +8,7 @@ import dataclasses
 import torch
 
 from shards.manifest import read_manifest
-from shards.reader import TrainStream, train_loader
+from shards.reader import TrainStream, check_split, train_loader
 
 from .. import weights
 from ..config import ConfigError, resolve_precision
@@ -32,6 +32,8 @@ def data_facts(cfg) -> dict:
         if split not in manifest["splits"]:
             raise ConfigError(f"{cfg.data.shards}: no split '{split}' (have "
                               f"{', '.join(manifest['splits'])})")
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        check_split(cfg.data.shards, split)  # every listed shard there, with its samples
     train = manifest["splits"][cfg.data.train_split]
     crop = train["crop"]["size"]
     if cfg.data.heatmap_size * 4 != crop:
@@ -79,5 +81,5 @@ def train_stream(cfg, accelerator, start_step: int):
                          start_batch=start_step * accum,
                          num_batches=(cfg.train.max_steps - start_step) * accum,
                          shuffle_buffer=cfg.data.shuffle_buffer,
-                         mean_from=cfg.data.train_split)
+                         mean_from=cfg.data.train_split, on_error=cfg.data.on_error)
     return stream, train_loader(stream)

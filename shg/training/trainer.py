@@ -22,7 +22,7 @@ from ..config import dump_toml
 from ..errors import UserError
 from ..losses import task_loss
 from . import faults
-from .checkpoint import Checkpointer, latest_checkpoint
+from .checkpoint import Checkpointer, CheckpointWriteError, latest_checkpoint
 from .distributed import StopSignals, any_rank, broadcast_buffers, check_launch, \
     make_accelerator, unwrap
 from .metrics_log import MetricsLogger
@@ -45,6 +45,8 @@ class Progress:
     """The best value of the selection metric so far (PCK, or the AE's reconstruction MSE)."""
     best_step: int = -1
     evals_without_gain: int = 0
+    skipped_samples: int = 0
+    """Damaged samples left out so far (data.on_error = "skip")."""
 
     @classmethod
     def from_state(cls, state: dict, selection: Selection) -> "Progress":
@@ -78,6 +80,28 @@ class Trainer:
                          "crop_size": train_split["crop"]["size"], "sigma": cfg.data.sigma}
         self.logger = None
         self.stopped_by_signal = False
+        self._skipped_pending = 0
+        self._rate_from = (0.0, 0)
+
+    @contextlib.contextmanager
+    def holding_run(self):
+        """RUN/LOCK held by the main rank while training (see run_lock.py); every rank stops
+        when the run belongs to another trainer."""
+        from . import run_lock
+
+        mine, refused = None, None
+        if self.is_main:
+            try:
+                mine = run_lock.acquire(self.run_dir)
+            except run_lock.RunInUse as exc:
+                refused = exc
+        if any_rank(refused is not None, self.accelerator):
+            raise refused or run_lock.RunInUse(f"{self.run_dir}: held by another trainer")
+        try:
+            yield
+        finally:
+            if mine:
+                run_lock.release(self.run_dir, mine)
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -88,7 +112,7 @@ class Trainer:
         bar = self._bar()
         signals = StopSignals(cfg.train.stop_signals)
         accum, micro, loss_acc = cfg.train.grad_accum, 0, 0.0
-        t_last, samples_last = time.perf_counter(), progress.samples_seen
+        self._rate_from = (time.perf_counter(), progress.samples_seen)
         self.model.train()
         for batch in loader:
             if progress.step >= cfg.train.max_steps:
@@ -106,13 +130,7 @@ class Trainer:
             faults.kill_if("step", progress.step)
             final = progress.step == cfg.train.max_steps
             if progress.step % cfg.train.log_every == 0 or final:
-                now = time.perf_counter()
-                rate = (progress.samples_seen - samples_last) / max(now - t_last, 1e-9)
-                t_last, samples_last = now, progress.samples_seen
-                self.logger.log({"step": progress.step, "loss": loss_acc, "lr": lr,
-                                 "img_per_s": rate, "samples_seen": progress.samples_seen,
-                                 "epoch": progress.samples_seen / stream.num_samples})
-                bar.set_postfix(loss=f"{loss_acc:.5f}", img_s=f"{rate:.1f}")
+                self.log_step(loss_acc, lr, stream.num_samples, bar)
             loss_acc = 0.0
             early_stop = (progress.step % cfg.eval.every_steps == 0 or final) and \
                 self.validate_and_select(bar)
@@ -130,9 +148,7 @@ class Trainer:
         self.logger.close()
         acc.wait_for_everyone()
         acc.end_training()
-        return {"step": progress.step, "best_score": progress.best_metric,
-                "best_step": progress.best_step, "run_dir": str(self.run_dir),
-                "stopped_by_signal": self.stopped_by_signal}
+        return self.summary()
 
     # ------------------------------------------------------------------------------ its steps
     def resume(self) -> None:
@@ -159,6 +175,7 @@ class Trainer:
         """One micro-batch: forward, loss, backward (gradients synchronised on the last one);
         returns the loss."""
         acc, cfg = self.accelerator, self.cfg
+        self._skipped_pending += int(batch.get("skipped", 0))
         images = batch["image"].to(acc.device, non_blocking=True)
         if cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -171,6 +188,41 @@ class Trainer:
             loss = task_loss(cfg.task, out, target, weights)
             acc.backward(loss if self.deepspeed else loss / cfg.train.grad_accum)
         return float(loss.detach())
+
+    def log_step(self, loss: float, lr: float, split_samples: int, bar) -> None:
+        """metrics.jsonl / TensorBoard row of this step (every rank calls it: the count of
+        skipped samples is summed over ranks)."""
+        progress = self.progress
+        self.count_skipped()
+        now, (t_last, samples_last) = time.perf_counter(), self._rate_from
+        rate = (progress.samples_seen - samples_last) / max(now - t_last, 1e-9)
+        self._rate_from = (now, progress.samples_seen)
+        row = {"step": progress.step, "loss": loss, "lr": lr, "img_per_s": rate,
+               "samples_seen": progress.samples_seen,
+               "epoch": progress.samples_seen / split_samples}
+        if progress.skipped_samples:
+            row["skipped_samples"] = progress.skipped_samples
+        self.logger.log(row)
+        bar.set_postfix(loss=f"{loss:.5f}", img_s=f"{rate:.1f}")
+
+    def count_skipped(self) -> None:
+        """Add the damaged samples every rank skipped since the last count (data.on_error=skip)
+        to progress.skipped_samples (collective)."""
+        pending = torch.tensor([float(self._skipped_pending)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            torch.distributed.all_reduce(pending)
+        self.progress.skipped_samples += int(pending.item())
+        self._skipped_pending = 0
+
+    def summary(self) -> dict:
+        progress = self.progress
+        if progress.skipped_samples and self.is_main:
+            print(f"shg train: {progress.skipped_samples} damaged samples were skipped "
+                  "(data.on_error=skip; see the warnings above)", file=sys.stderr)
+        return {"step": progress.step, "best_score": progress.best_metric,
+                "best_step": progress.best_step, "run_dir": str(self.run_dir),
+                "skipped_samples": progress.skipped_samples,
+                "stopped_by_signal": self.stopped_by_signal}
 
     def optimizer_step(self, loss: float) -> None:
         """Every rank agrees before stepping: one rank's NaN stops all of them. (Under DeepSpeed
@@ -200,10 +252,16 @@ class Trainer:
         if selection.better(value, progress.best_metric):
             progress.best_metric, progress.best_step = value, progress.step
             progress.evals_without_gain = 0
+            failed = None
             if self.is_main:
-                self.checkpointer.save_best(unwrap(self.model, self.accelerator).state_dict(),
-                                            {**self.metadata, "step": progress.step,
-                                             "metrics": metrics})
+                try:
+                    self.checkpointer.save_best(
+                        unwrap(self.model, self.accelerator).state_dict(),
+                        {**self.metadata, "step": progress.step, "metrics": metrics})
+                except CheckpointWriteError as exc:
+                    failed = exc
+            if any_rank(failed is not None, self.accelerator):  # all ranks stop together
+                raise failed or CheckpointWriteError("best/ could not be written on rank 0")
         else:
             progress.evals_without_gain += 1
         self.logger.log({"step": progress.step, **metrics, "best_score": progress.best_metric})
@@ -214,6 +272,7 @@ class Trainer:
         return bool(patience and progress.evals_without_gain >= patience)
 
     def save(self) -> None:
+        self.count_skipped()
         broadcast_buffers(self.model, self.accelerator)
         self.checkpointer.save(self.progress.step, self.model, self.optimizer,
                                asdict(self.progress),
