@@ -99,7 +99,7 @@ def pipeline_stages(coco: str, shards: str, config: str, run: str, overrides: li
         stages.append(Stage("analyze", jobs.analyze,
                             [("latent", {**model, "split": "train2017",
                                          "out": f"{run}/analysis/latent"}),
-                             ("skips", {**model, "split": "val2017",
+                             ("skips", {**model, "split": "train2017",
                                         "out": f"{run}/analysis/skips"}),
                              ("skeletons", {"shards": shards, "split": "train2017",
                                             "out": f"{run}/analysis/skeletons"})],

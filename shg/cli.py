@@ -165,13 +165,16 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--best", action="store_true", help="the best-by-PCK model (default)")
     g.add_argument("--step", type=int, help="the checkpoint of this step")
+    g.add_argument("--best-by-loss", action="store_true",
+                   help="the model with the lowest validation loss")
     p.add_argument("--out", required=True, help="output .safetensors")
 
 
 def _export(args: argparse.Namespace) -> int:
     from .weights import export
 
-    print(f"wrote {export(args.run, args.out, step=args.step)}")
+    best = "best_by_loss" if args.best_by_loss else "best"
+    print(f"wrote {export(args.run, args.out, step=args.step, best=best)}")
     return 0
 
 
@@ -217,7 +220,8 @@ def _eval_argv(args: argparse.Namespace) -> list[str]:
                         ("--coco-ann", args.coco_ann)):
         if value is not None:
             argv += [flag, str(value)]
-    return argv + ["--no-flip"] * args.no_flip + ["--oracle"] * args.oracle
+    return (argv + ["--no-flip"] * args.no_flip + ["--oracle"] * args.oracle
+            + ["--best-by-loss"] * args.best_by_loss)
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -244,7 +248,8 @@ def _analyze_args(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--model", help=".safetensors instead of --run")
         p.add_argument("--max-samples", type=int, default=0, help="0 = the whole split")
     p.add_argument("--shards", required=True)
-    p.add_argument("--split", default="train2017" if name != "skips" else "val2017")
+    # (skips: the training split by default, as the thesis - what has the model learned?)
+    p.add_argument("--split", default="train2017")
     p.add_argument("--out", required=True)
     if name == "latent":
         p.add_argument("--stack", type=int, default=-1, help="which stack (-1: last)")

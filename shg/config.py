@@ -75,10 +75,18 @@ class ModelConfig:
     instead of ~100x too large heatmaps; much faster start, see shg/model.py)."""
     channels_last: bool = True
     """NHWC memory format (faster convolutions on CPU and tensor cores)."""
+    skips: bool = True
+    """Ablation: false trains an SHG without the hourglass skip (up) branches - no parameters
+    for them (8 stacks, F = 256: 18,573,064 instead of 25,437,960 parameters)."""
+    bottleneck_features: int = 0
+    """Ablation (thesis 6.4): channels of the innermost hourglass level (0 = features); a
+    narrower bottleneck instead of an autoencoder."""
 
     def __post_init__(self) -> None:
         if self.stacks < 1 or self.features < 2 or self.features % 2 or self.joints < 1:
             raise ConfigError("model: need stacks >= 1, even features >= 2, joints >= 1")
+        if self.bottleneck_features < 0 or self.bottleneck_features % 2:
+            raise ConfigError("model.bottleneck_features must be 0 (= features) or even > 0")
         _choice("model.init", self.init, ("xavier_normal", "default"))
 
 
@@ -233,10 +241,14 @@ class AEConfig:
     """Phase 2: the phase-1 run (its best/), checkpoint or .safetensors holding the AE."""
     freeze_ae: bool = False
     """Phase 2: keep the AE fixed and train the SHG around it."""
+    output: str = "relu"
+    """The AE's output activation: "relu" (the thesis; the features are non-negative),
+    "sigmoid" or "linear" (the committee's question)."""
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.hidden < 1 or self.noise < 0:
             raise ConfigError("ae: need channels >= 1, hidden >= 1, noise >= 0")
+        _choice("ae.output", self.output, ("relu", "sigmoid", "linear"))
 
 
 @dataclass

@@ -69,8 +69,8 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100) -> None:
     run_skeletons(SkeletonOptions(shards=str(shards), split="train2017",
                                   out=str(analysis / "skeletons")))
     step("skip-connection ablation on perfectly predicted samples")
-    run_skips(SkipOptions(shards=str(shards), split="val2017", out=str(analysis / "skips"),
-                          run=str(run)))
+    run_skips(SkipOptions(shards=str(shards), split="train2017", out=str(analysis / "skips"),
+                          run=str(run), limit=300))
     short = ["eval.every_steps=75", "checkpoint.every_steps=75", "optim.schedule=constant",
              "optim.warmup_steps=0"]
     step("bottleneck autoencoder, phase 1: denoising AE on the frozen SHG's latents")

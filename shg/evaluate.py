@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--best", action="store_true", help="the best-by-PCK model (default)")
     g.add_argument("--step", type=int, help="the checkpoint of this step")
+    g.add_argument("--best-by-loss", action="store_true",
+                   help="the model with the lowest validation loss (to compare the rules)")
     p.add_argument("--model", help="a .safetensors from `shg export` instead of --run")
     p.add_argument("--shards", required=True, help="shard directory")
     p.add_argument("--split", default="val2017")
@@ -49,7 +51,8 @@ def options(args: argparse.Namespace):
                        step=args.step, model_file=args.model, coco_ann=args.coco_ann,
                        flip=not args.no_flip, oracle=args.oracle, batch_size=args.batch_size,
                        max_samples=args.max_samples, num_workers=args.workers,
-                       refine=args.decode)
+                       refine=args.decode,
+                       best="best_by_loss" if args.best_by_loss else "best")
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -41,8 +41,9 @@ def complete_steps(run: str | Path) -> list[int]:
                   if (p / COMPLETE_MARKER).exists())
 
 
-def locate(source: str | Path, step: int | None = None) -> Path:
-    """The weights file of a run (best/ or checkpoint `step`), a checkpoint dir or a file."""
+def locate(source: str | Path, step: int | None = None, best: str = "best") -> Path:
+    """The weights file of a run (its `best`/ - or best_by_loss/ - or checkpoint `step`), a
+    checkpoint directory or a file."""
     source = Path(source)
     if step is not None:
         ckpt = checkpoint_dir(source, step)
@@ -57,7 +58,7 @@ def locate(source: str | Path, step: int | None = None) -> Path:
         return ckpt / WEIGHTS_FILE
     if source.is_file():
         return source
-    for candidate in (source / "best" / WEIGHTS_FILE, source / WEIGHTS_FILE):
+    for candidate in (source / best / WEIGHTS_FILE, source / WEIGHTS_FILE):
         if candidate.is_file():
             if (candidate.parent / COMPLETE_MARKER).exists():
                 problem = integrity.verify(candidate.parent)
@@ -66,8 +67,8 @@ def locate(source: str | Path, step: int | None = None) -> Path:
             return candidate
     if source.suffix == ".safetensors":
         raise WeightsError(f"{source}: weights file not found")
-    raise WeightsError(f"{source}: no best/ model yet (it is written at the first validation; "
-                       "use --step N for a checkpoint), and no model.safetensors")
+    raise WeightsError(f"{source}: no {best}/ model yet (it is written at the first "
+                       "validation; use --step N for a checkpoint), and no model.safetensors")
 
 
 def save_weights(path: str | Path, state_dict: dict, metadata: dict) -> None:
@@ -138,13 +139,14 @@ def load_into(model: torch.nn.Module, source: str | Path, prefix: str | None = N
     return path
 
 
-def load_model(source: str | Path, step: int | None = None, poses: bool = True):
+def load_model(source: str | Path, step: int | None = None, poses: bool = True,
+               best: str = "best"):
     """(model in eval mode, metadata, file) for the weights at `source` (see `locate`), built by
     the one model factory from the metadata saved with them. `poses=True` refuses a phase-1
     autoencoder, which predicts no poses."""
     from .models import AEPhase1, from_metadata
 
-    path = locate(source, step)
+    path = locate(source, step, best)
     weights, meta = load_weights(path)
     if "model" not in meta:
         raise WeightsError(f"{path}: no model config in its metadata (not written by shg?)")
@@ -157,10 +159,11 @@ def load_model(source: str | Path, step: int | None = None, poses: bool = True):
     return model.eval(), meta, path
 
 
-def export(run: str | Path, out: str | Path, step: int | None = None) -> Path:
+def export(run: str | Path, out: str | Path, step: int | None = None,
+           best: str = "best") -> Path:
     """A run's best (or step `step`) weights as one plain safetensors file, its metadata
     (model description, mean RGB, crop size) included, for inference elsewhere."""
-    source = locate(run, step)
+    source = locate(run, step, best)
     _, meta = load_weights(source)  # validates the file
     if "model" not in meta:
         raise WeightsError(f"{source}: no model config in its metadata")

@@ -27,6 +27,18 @@ def test_shapes_and_relu_output():
     assert flat.encode(x).shape == (3, 4, 4, 4) and flat(x).shape == x.shape
 
 
+def test_output_activation_is_configurable():
+    x = torch.randn(64, 16, 4, 4) * 3
+    outs = {name: BottleneckAE(16, 8, 4, output=name)(x) for name in ("relu", "sigmoid",
+                                                                        "linear")}
+    assert (outs["relu"] >= 0).all() and (outs["relu"] == 0).any()
+    assert ((outs["sigmoid"] > 0) & (outs["sigmoid"] < 1)).all()
+    assert (outs["linear"] < 0).any()
+    assert BottleneckAE(16, 8, 4, output="sigmoid").config()["output"] == "sigmoid"
+    with pytest.raises(ValueError, match="output must be one of"):
+        BottleneckAE(16, 8, 4, output="tanh")
+
+
 def test_noise_has_the_stated_variance():
     g = torch.Generator().manual_seed(0)
     x = torch.full((400_000,), 2.0)

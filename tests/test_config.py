@@ -33,6 +33,10 @@ def test_unknown_key_lists_the_valid_ones():
     ("checkpoint.keep=1", "keep must be >= 2"),
     ("eval.select=loss", "eval.select"),
     ("optim.name=lbfgs", "optim.name must be one of"),
+    ("ae.output=tanh", "ae.output must be one of"),
+    ("model.bottleneck_features=3", "bottleneck_features must be 0"),
+    ("task=ae", "task=ae needs ae.shg_from"),
+    ("eval.select=bbox@0.3", "needs 0.3 in eval.thresholds"),
 ])
 def test_bad_values_are_explained(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -97,6 +97,18 @@ def test_distributed_eval_sees_each_sample_once(trained_run, synth_shards, tmp_p
     assert np.allclose([r["keypoints"] for r in a], [r["keypoints"] for r in b], atol=1e-2)
 
 
+def test_eval_takes_the_best_by_loss_model_too(trained_run, synth_shards, tmp_path, capsys):
+    """Both selection rules of the thesis, one command each."""
+    out = {}
+    for flag in ("--best", "--best-by-loss"):
+        out[flag] = tmp_path / flag.strip("-")
+        assert shg(["eval", "--run", str(trained_run), flag, "--shards", str(synth_shards),
+                    "--max-samples", "8", "--no-flip", "--out", str(out[flag])]) == 0
+    models = {f: json.loads((o / "summary.json").read_text())["model"] for f, o in out.items()}
+    assert models["--best"].startswith(str(trained_run / "best"))
+    assert models["--best-by-loss"].startswith(str(trained_run / "best_by_loss"))
+
+
 def test_missing_model_and_empty_split_are_clear(trained_run, synth_shards, tmp_path, capsys):
     assert shg(["eval", "--run", str(trained_run), "--step", "3", "--shards",
                 str(synth_shards), "--out", str(tmp_path / "x")]) == 2

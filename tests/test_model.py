@@ -4,7 +4,8 @@ import torch
 from shg.models.hourglass import StackedHourglass, count_parameters, expected_parameters
 
 
-def _newell_parameters(stacks: int, f: int = 256, k: int = 17) -> int:
+def _newell_parameters(stacks: int, f: int = 256, k: int = 17, skips: bool = True,
+                       bottleneck: int = 0) -> int:
     """Newell's architecture counted layer by layer from the paper's description (independent
     of shg.models): pre-activation bottleneck residuals, depth-4 hourglasses, 1x1 heads and
     re-mapping convs between stacks."""
@@ -20,8 +21,12 @@ def _newell_parameters(stacks: int, f: int = 256, k: int = 17) -> int:
         return (bn(cin) + conv(cin, mid) + bn(mid) + conv(mid, mid, 3) + bn(mid)
                 + conv(mid, cout) + skip)
 
-    def hourglass(level):  # up1, low1, low3 at every level; the innermost low2 a residual
-        return 3 * residual(f, f) + (hourglass(level - 1) if level > 1 else residual(f, f))
+    def hourglass(level):  # up1 (the skip), low1, low2, low3; low2 recurses until level 1
+        up1 = residual(f, f) if skips else 0
+        if level > 1:
+            return up1 + 2 * residual(f, f) + hourglass(level - 1)
+        b = bottleneck or f  # the innermost level: F -> b -> b -> F
+        return up1 + residual(f, b) + residual(b, b) + residual(b, f)
 
     stem = conv(3, 64, 7) + bn(64) + residual(64, 128) + residual(128, 128) + residual(128, f)
     per_stack = hourglass(4) + residual(f, f) + conv(f, f) + bn(f) + conv(f, k)
@@ -95,3 +100,32 @@ def test_glorot_normal_init_is_the_default():
     assert default.hourglasses[0].up1.body[5].bias.abs().max() > 0
     assert model.heads[0].weight.abs().max() == 0  # zero_heads (default)
     assert StackedHourglass(1, 64, 17, zero_heads=False).heads[0].weight.std() > 0
+
+
+@pytest.mark.parametrize("skips,bottleneck", [(False, 0), (True, 128), (False, 64)])
+def test_ablation_parameter_counts(skips, bottleneck):
+    model = StackedHourglass(stacks=8, features=256, joints=17, skips=skips,
+                             bottleneck_features=bottleneck)
+    assert count_parameters(model) == _newell_parameters(8, 256, 17, skips, bottleneck)
+    if (skips, bottleneck) == (False, 0):
+        assert count_parameters(model) == 18_573_064      # the figure in the README
+    if (skips, bottleneck) == (True, 128):
+        assert count_parameters(model) == 23_331_592
+
+
+def test_no_skips_and_a_narrow_bottleneck_run_and_are_described():
+    from shg.models import from_metadata
+
+    model = StackedHourglass(stacks=2, features=16, joints=5, skips=False,
+                             bottleneck_features=8, zero_heads=False).eval()
+    assert all(hg.up1 is None for hg in model.modules() if hasattr(hg, "up1"))
+    x = torch.randn(1, 3, 256, 256)
+    with model.capture_bottleneck(1) as seen:
+        out = model(x)
+    assert out.shape == (1, 2, 5, 64, 64) and seen[0].shape == (1, 8, 4, 4)
+    with model.disable_skips([1, 2, 3, 4]):  # nothing left to switch off: the same output
+        assert torch.equal(model(x), out)
+    rebuilt = from_metadata(model.config())
+    rebuilt.load_state_dict(model.state_dict())  # same architecture from its description
+    assert rebuilt.config() == {"stacks": 2, "features": 16, "joints": 5, "depth": 4,
+                                "skips": False, "bottleneck_features": 8}

@@ -55,6 +55,10 @@ def test_training_writes_a_complete_run_and_learns(synth_shards, tmp_path):
     info = json.loads((run / "best" / "info.json").read_text())
     best = max(r["pck_constant@0.5"] for r in evals)
     assert info["metrics"]["pck_constant@0.5"] == best
+    by_loss = json.loads((run / "best_by_loss" / "info.json").read_text())
+    lowest = min(evals, key=lambda r: r["val_loss"])
+    assert by_loss["step"] == lowest["step"] and by_loss["metrics"]["val_loss"] == \
+        lowest["val_loss"]
     cfg = (run / "config.toml").read_text()
     assert "stacks = 2" in cfg and str(synth_shards) in cfg
     assert (run / "tb").is_dir()

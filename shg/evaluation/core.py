@@ -34,6 +34,9 @@ class ModelOnSplit:
     run: str | None = None
     step: int | None = None
     model_file: str | None = None
+    best: str = "best"
+    """Which kept model of --run without --step: "best" (by the selection metric, PCK) or
+    "best_by_loss" (by validation loss)."""
 
     def load_model(self, poses: bool = True):
         """(model, metadata, weights file) of --run/--step or --model."""
@@ -44,7 +47,7 @@ class ModelOnSplit:
             return load_model(self.model_file, poses=poses)
         if self.run is None:
             raise UserError("give --run RUN (with --best or --step N) or --model FILE")
-        return load_model(self.run, self.step, poses=poses)
+        return load_model(self.run, self.step, poses=poses, best=self.best)
 
 
 def split_batches(shards: str, split: str, batch_size: int, *, rank: int | None = None,

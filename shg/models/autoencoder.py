@@ -29,11 +29,16 @@ from .hourglass import StackedHourglass
 
 
 class BottleneckAE(nn.Module):
+    OUTPUTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
+
     def __init__(self, features: int = 256, hidden: int = 128, channels: int = 64,
-                 downsample: bool = True):
+                 downsample: bool = True, output: str = "relu"):
         super().__init__()
+        if output not in self.OUTPUTS:
+            raise ValueError(f"output must be one of {list(self.OUTPUTS)}, not {output!r}")
         self.features, self.hidden, self.channels, self.downsample = (features, hidden,
                                                                       channels, downsample)
+        self.output = output
         stride = 2 if downsample else 1
         self.encoder = nn.Sequential(
             nn.Conv2d(features, hidden, 3, padding=1), nn.ReLU(inplace=True),
@@ -42,7 +47,9 @@ class BottleneckAE(nn.Module):
               else nn.Conv2d(channels, hidden, 3, padding=1))
         self.decoder = nn.Sequential(up, nn.ReLU(inplace=True),
                                      nn.Conv2d(hidden, features, 3, padding=1),
-                                     nn.ReLU())  # the output lives where the features live
+                                     # relu (the thesis): the output lives where the features
+                                     # live; sigmoid and linear for the committee's question
+                                     self.OUTPUTS[output]())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -51,8 +58,11 @@ class BottleneckAE(nn.Module):
         return self.decoder(self.encoder(x))
 
     def config(self) -> dict:
-        return {"features": self.features, "hidden": self.hidden, "channels": self.channels,
+        spec = {"features": self.features, "hidden": self.hidden, "channels": self.channels,
                 "downsample": self.downsample}
+        if self.output != "relu":
+            spec["output"] = self.output
+        return spec
 
 
 def add_proportional_noise(x: torch.Tensor, factor: float,

@@ -20,11 +20,17 @@ def describe(cfg) -> dict:
     (`cfg` is a shg.config.RunConfig)."""
     m = cfg.model
     spec = {"stacks": m.stacks, "features": m.features, "joints": m.joints, "depth": 4}
+    if not m.skips:
+        spec["skips"] = False
+    if m.bottleneck_features:
+        spec["bottleneck_features"] = m.bottleneck_features
     if cfg.task == "pose":
         return spec
-    return {**spec, "ae": {"features": m.features, "hidden": cfg.ae.hidden,
-                           "channels": cfg.ae.channels, "downsample": cfg.ae.downsample},
-            "ae_stack": cfg.ae.stack % m.stacks, "task": cfg.task}
+    ae = {"features": m.bottleneck_features or m.features, "hidden": cfg.ae.hidden,
+          "channels": cfg.ae.channels, "downsample": cfg.ae.downsample}
+    if cfg.ae.output != "relu":
+        ae["output"] = cfg.ae.output
+    return {**spec, "ae": ae, "ae_stack": cfg.ae.stack % m.stacks, "task": cfg.task}
 
 
 def build_model(spec: dict, *, init: str = "xavier_normal", zero_heads: bool = True,

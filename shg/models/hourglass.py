@@ -45,16 +45,21 @@ class Residual(nn.Module):
 
 
 class Hourglass(nn.Module):
-    """One hourglass; `level` counts down to 1 at the innermost (4x4 for a 64x64 input)."""
+    """One hourglass; `level` counts down to 1 at the innermost (4x4 for a 64x64 input).
 
-    def __init__(self, level: int, features: int):
+    Ablations: `skips=False` builds no skip (up1) branches at all; `bottleneck` < features makes
+    the innermost level narrower (F -> bottleneck -> F) instead of adding an autoencoder."""
+
+    def __init__(self, level: int, features: int, skips: bool = True, bottleneck: int = 0):
         super().__init__()
         self.level = level
-        self.up1 = Residual(features, features)
+        inner = bottleneck or features
+        self.up1 = Residual(features, features) if skips else None
         self.pool = nn.MaxPool2d(2, 2)
-        self.low1 = Residual(features, features)
-        self.low2 = Hourglass(level - 1, features) if level > 1 else Residual(features, features)
-        self.low3 = Residual(features, features)
+        self.low1 = Residual(features, features if level > 1 else inner)
+        self.low2 = (Hourglass(level - 1, features, skips, bottleneck) if level > 1
+                     else Residual(inner, inner))
+        self.low3 = Residual(features if level > 1 else inner, features)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
 
     def forward(self, x: torch.Tensor, ctx: "_Context") -> torch.Tensor:
@@ -64,7 +69,7 @@ class Hourglass(nn.Module):
         else:
             low = ctx.bottleneck(self.low2(low))
         up2 = self.upsample(self.low3(low))
-        if self.level in ctx.disabled:
+        if self.up1 is None or self.level in ctx.disabled:
             return up2
         return self.up1(x) + up2
 
@@ -86,16 +91,21 @@ class _Context:
 
 class StackedHourglass(nn.Module):
     def __init__(self, stacks: int = 8, features: int = 256, joints: int = 17,
-                 depth: int = 4, init: str = "xavier_normal", zero_heads: bool = True):
+                 depth: int = 4, init: str = "xavier_normal", zero_heads: bool = True,
+                 skips: bool = True, bottleneck_features: int = 0):
         super().__init__()
         if stacks < 1 or features < 2 or features % 2 or joints < 1 or depth < 1:
             raise ValueError("need stacks >= 1, an even features >= 2, joints >= 1, depth >= 1")
+        if bottleneck_features < 0 or bottleneck_features % 2:
+            raise ValueError("bottleneck_features must be 0 (= features) or an even number > 0")
         self.stacks, self.features, self.joints, self.depth = stacks, features, joints, depth
+        self.skips, self.bottleneck_features = skips, bottleneck_features
         self.stem = nn.Sequential(
             nn.Conv2d(3, 64, 7, stride=2, padding=3), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
             Residual(64, 128), nn.MaxPool2d(2, 2), Residual(128, 128), Residual(128, features),
         )
-        self.hourglasses = nn.ModuleList(Hourglass(depth, features) for _ in range(stacks))
+        self.hourglasses = nn.ModuleList(Hourglass(depth, features, skips, bottleneck_features)
+                                         for _ in range(stacks))
         self.features_out = nn.ModuleList(
             nn.Sequential(Residual(features, features), nn.Conv2d(features, features, 1),
                           nn.BatchNorm2d(features), nn.ReLU(inplace=True))
@@ -176,9 +186,18 @@ class StackedHourglass(nn.Module):
         finally:
             self.disabled_skips = previous
 
+    @property
+    def bottleneck_channels(self) -> int:
+        return self.bottleneck_features or self.features
+
     def config(self) -> dict:
-        return {"stacks": self.stacks, "features": self.features, "joints": self.joints,
+        spec = {"stacks": self.stacks, "features": self.features, "joints": self.joints,
                 "depth": self.depth}
+        if not self.skips:  # (written only when used: older readers know the plain SHG)
+            spec["skips"] = False
+        if self.bottleneck_features:
+            spec["bottleneck_features"] = self.bottleneck_features
+        return spec
 
 
 def expected_parameters(stacks: int, joints: int = 17) -> int:

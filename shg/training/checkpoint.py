@@ -141,14 +141,15 @@ class Checkpointer:
     def due(self, step: int, final: bool) -> bool:
         return final or step % self.cfg.every_steps == 0
 
-    def save_best(self, weights: dict, info: dict) -> None:
-        """RUN/best/: the weights and info.json (step, metrics) of the best model so far
-        (main process only). Written whole into a new directory, then the `best` link is
-        switched to it in one rename; a failed write leaves the previous best/ as it was."""
+    def save_best(self, weights: dict, info: dict, name: str = "best") -> None:
+        """RUN/best/ (or RUN/best_by_loss/): the weights and info.json (step, metrics) of the
+        best model so far (main process only). Written whole into a new directory, then the
+        link is switched to it in one rename; a failed write leaves the previous one as it
+        was."""
         import uuid
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        target = self.run_dir / f".best-{info['step']:08d}.{uuid.uuid4().hex[:8]}"
+        target = self.run_dir / f".{name}-{info['step']:08d}.{uuid.uuid4().hex[:8]}"
         try:
             with atomic.atomic_path(target) as tmp:
                 tmp.mkdir()
@@ -158,17 +159,17 @@ class Checkpointer:
                 integrity.write_marker(tmp, info["step"])
         except OSError as exc:
             raise CheckpointWriteError(
-                f"cannot write best/ of step {info['step']} in {self.run_dir}: {exc}; the "
-                "previous best/ and the checkpoints are intact: free space, then run the same "
-                "command again to resume") from None
-        link = self.run_dir / "best"
+                f"cannot write {name}/ of step {info['step']} in {self.run_dir}: {exc}; the "
+                f"previous {name}/ and the checkpoints are intact: free space, then run the "
+                "same command again to resume") from None
+        link = self.run_dir / name
         if link.is_dir() and not link.is_symlink():  # a run from before best/ was a link
-            os.replace(link, self.run_dir / ".best-legacy")
-        tmp_link = self.run_dir / f".best.{os.getpid()}.link"
+            os.replace(link, self.run_dir / f".{name}-legacy")
+        tmp_link = self.run_dir / f".{name}.{os.getpid()}.link"
         tmp_link.unlink(missing_ok=True)
         os.symlink(target.name, tmp_link)  # relative: the run directory can move
         os.replace(tmp_link, link)
-        for old in self.run_dir.glob(".best-*"):
+        for old in self.run_dir.glob(f".{name}-*"):
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
 

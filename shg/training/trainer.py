@@ -47,6 +47,9 @@ class Progress:
     evals_without_gain: int = 0
     skipped_samples: int = 0
     """Damaged samples left out so far (data.on_error = "skip")."""
+    best_loss: float | None = None
+    """The lowest validation loss so far (best_by_loss/, for comparing the selection rules)."""
+    best_loss_step: int = -1
 
     @classmethod
     def from_state(cls, state: dict, selection: Selection) -> "Progress":
@@ -252,24 +255,33 @@ class Trainer:
         if selection.better(value, progress.best_metric):
             progress.best_metric, progress.best_step = value, progress.step
             progress.evals_without_gain = 0
-            failed = None
-            if self.is_main:
-                try:
-                    self.checkpointer.save_best(
-                        unwrap(self.model, self.accelerator).state_dict(),
-                        {**self.metadata, "step": progress.step, "metrics": metrics})
-                except CheckpointWriteError as exc:
-                    failed = exc
-            if any_rank(failed is not None, self.accelerator):  # all ranks stop together
-                raise failed or CheckpointWriteError("best/ could not be written on rank 0")
+            self.keep_best("best", metrics)
         else:
             progress.evals_without_gain += 1
+        if self.cfg.task != "ae" and (progress.best_loss is None
+                                      or metrics["val_loss"] < progress.best_loss):
+            # kept beside best/ so the thesis's comparison of the two rules is one command
+            progress.best_loss, progress.best_loss_step = metrics["val_loss"], progress.step
+            self.keep_best("best_by_loss", metrics)
         self.logger.log({"step": progress.step, **metrics, "best_score": progress.best_metric})
         self.say(bar, f"step {progress.step}: val loss {metrics['val_loss']:.5f}, "
                       f"{selection.label} {value:.4g} (best {progress.best_metric:.4g} at step "
                       f"{progress.best_step})")
         patience = self.cfg.eval.early_stop_patience
         return bool(patience and progress.evals_without_gain >= patience)
+
+    def keep_best(self, name: str, metrics: dict) -> None:
+        """Write RUN/best/ or RUN/best_by_loss/ (main rank); every rank stops if it fails."""
+        failed = None
+        if self.is_main:
+            try:
+                self.checkpointer.save_best(
+                    unwrap(self.model, self.accelerator).state_dict(),
+                    {**self.metadata, "step": self.progress.step, "metrics": metrics}, name)
+            except CheckpointWriteError as exc:
+                failed = exc
+        if any_rank(failed is not None, self.accelerator):  # all ranks stop together
+            raise failed or CheckpointWriteError(f"{name}/ could not be written on rank 0")
 
     def save(self) -> None:
         self.count_skipped()
