@@ -33,12 +33,20 @@ def checkpoint_dir(run: str | Path, step: int) -> Path:
     return Path(run) / "checkpoints" / f"step-{step:08d}"
 
 
-def complete_steps(run: str | Path) -> list[int]:
-    root = Path(run) / "checkpoints"
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoint directories in `root` (RUN/checkpoints), oldest first."""
     if not root.is_dir():
         return []
-    return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*")
-                  if (p / COMPLETE_MARKER).exists())
+    found = [p for p in root.glob("step-*") if (p / COMPLETE_MARKER).exists()]
+    return sorted(found, key=_step)
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
+def complete_steps(run: str | Path) -> list[int]:
+    return [_step(p) for p in complete_checkpoints(Path(run) / "checkpoints")]
 
 
 def locate(source: str | Path, step: int | None = None, best: str = "best") -> Path:

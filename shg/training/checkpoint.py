@@ -37,22 +37,12 @@ from shards import atomic
 
 from .. import integrity
 from ..errors import UserError
-from ..weights import COMPLETE_MARKER, WEIGHTS_FILE, save_weights
+from ..weights import COMPLETE_MARKER, WEIGHTS_FILE, checkpoint_dir, complete_checkpoints, \
+    save_weights
 from . import faults
 from .distributed import any_rank
 
 MARKER = COMPLETE_MARKER
-
-
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step:08d}"
-
-
-def complete_checkpoints(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step-*") if (p / MARKER).exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -178,7 +168,7 @@ class Checkpointer:
              ) -> Path:
         acc = self.acc
         tmp = self.root / f".tmp-step-{step:08d}"
-        final = step_dir(self.root, step)
+        final = checkpoint_dir(self.run_dir, step)
         if acc.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
