@@ -120,3 +120,34 @@ def ae_compare(run: str, baseline: str, finetuned: str, out: str) -> dict:
 
     _announce("comparing the AE fine-tuning with the baseline")
     return write_comparison(run, baseline, finetuned, out)
+
+
+def evaluate_variant(run: str, shards: str, best_by_loss: bool) -> dict:
+    """A study variant's evaluation job: `shg eval` of best/ (and best_by_loss/) on val2017,
+    with COCO AP when the annotation file the shards were built from is still there."""
+    from shards.manifest import split_entry
+    from shg.evaluation.runner import EvalOptions, print_summary, run_eval
+    from shg.study import EVAL_DIRS, training_finished
+
+    _announce(f"evaluating {run}")
+    if not training_finished(run):
+        raise RuntimeError(f"{run}: its training did not finish (no summary.json): nothing to "
+                           "evaluate")
+    ann = split_entry(shards, "val2017").get("source", {}).get("annotation_file")
+    summaries = {}
+    for which in ("best", "best_by_loss") if best_by_loss else ("best",):
+        summaries[which] = run_eval(EvalOptions(
+            shards=shards, split="val2017", out=f"{run}/{EVAL_DIRS[which]}", run=run,
+            best=which, coco_ann=ann if ann and os.path.isfile(ann) else None))
+        print(f"== {which}/", flush=True)
+        print_summary(summaries[which])
+    sys.stdout.flush()
+    return summaries
+
+
+def study_report(study_dir: str) -> dict:
+    """The study's last job: the leaderboard, whatever state the variants ended in."""
+    from .study_report import report
+
+    _announce("the study's report")
+    return report(study_dir)

@@ -34,6 +34,9 @@ class Profile:
     max_requeues: int = 3
     prepare_tasks: int = 4
     """Array tasks that build shards in parallel."""
+    array_parallelism: int = 0
+    """At most this many tasks of one job array run at once (a study's variants, shard
+    building); 0: no cap of ours (submitit's is 256)."""
     mixed_precision: str = ""
     """Training jobs' precision (auto, no, bf16, fp16); empty keeps the training config's."""
     deepspeed_config: str = ""
@@ -45,8 +48,10 @@ class Profile:
                      "prepare_tasks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"profile: {name} must be >= 1")
-        if self.gpus_per_node < 0 or self.max_requeues < 0 or self.signal_delay_s < 0:
-            raise ConfigError("profile: gpus_per_node, max_requeues, signal_delay_s >= 0")
+        if min(self.gpus_per_node, self.max_requeues, self.signal_delay_s,
+               self.array_parallelism) < 0:
+            raise ConfigError("profile: gpus_per_node, max_requeues, signal_delay_s, "
+                              "array_parallelism must be >= 0")
         if self.mixed_precision not in ("", "auto", "no", "bf16", "fp16"):
             raise ConfigError(f"profile: mixed_precision {self.mixed_precision!r}; valid: auto, "
                               "no, bf16, fp16 (or empty: the training config's)")

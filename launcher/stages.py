@@ -16,26 +16,49 @@ from .profile import Profile
 SPLITS = ("train2017", "val2017")
 ALL_STAGES = ("prepare", "train", "eval", "analyze")
 REQUESTS = {"pipeline": ALL_STAGES, "prepare": ("prepare",), "train": ("train",),
-            "eval": ("eval",), "analyze": ("analyze",), "ae": ("ae",)}
+            "eval": ("eval",), "analyze": ("analyze",), "ae": ("ae",), "study": ("study",)}
+
+
+AFTER_KINDS = ("afterok", "aftercorr", "afterany")
 
 
 @dataclass
 class Stage:
     name: str
-    fn: Callable
+    fn: Callable | None
     args: list = field(default_factory=list)   # one call, or one per array task
     array: bool = False
     training: bool = False
     gpu: bool = True
     """False for CPU-only stages (shard building): no GPU is requested."""
     after: list[str] = field(default_factory=list)
+    after_kind: str = "afterok"
+    """How it waits for `after`: afterok (every job succeeded), aftercorr (array task i waits
+    for task i of the array it follows, so one failed study variant does not stop the others),
+    afterany (whatever their outcome: the study's report)."""
+    fns: list[Callable] | None = None
+    """One callable per array task (a study's variants), instead of `fn` for all of them."""
+    labels: list[str] | None = None
+    """What each array task is (the variant names), for `shg submit status`."""
+    may_fail: bool = False
+    """A failed task does not fail the submission (a study's variants: the report tells)."""
+
+    def __post_init__(self) -> None:
+        if self.after_kind not in AFTER_KINDS:
+            raise ValueError(f"after_kind {self.after_kind!r}; valid: {', '.join(AFTER_KINDS)}")
+        if self.fns is not None and len(self.fns) != len(self.args):
+            raise ValueError(f"stage {self.name}: {len(self.fns)} callables, {len(self.args)} "
+                             "argument tuples")
+
+    def callables(self) -> list[Callable]:
+        return list(self.fns) if self.fns is not None else [self.fn] * len(self.args)
 
 
 @dataclass
 class SubmitRequest:
     """One `shg submit STAGE ...`: what to queue and with which inputs."""
     stage: str
-    """pipeline, prepare, train, eval, analyze or ae."""
+    """pipeline, prepare, train, eval, analyze, ae or study."""
     coco: str | None = None
     shards: str | None = None
     config: str | None = None
@@ -44,6 +67,9 @@ class SubmitRequest:
     ae: bool = False
     """With `pipeline`: also queue the AE study after training."""
     overrides: list[str] = field(default_factory=list)
+    study: str | None = None
+    """With `study`: the study file (grid and/or variants); --run is then the study's directory
+    (default runs/studies/NAME) and --coco, when given, queues shard preparation first."""
 
     def stages_wanted(self) -> tuple[str, ...]:
         if self.stage not in REQUESTS:
@@ -54,17 +80,20 @@ class SubmitRequest:
         """The request with absolute paths (jobs start in another directory, maybe on another
         node), after checking that every input its stages need is given."""
         which = self.stages_wanted()
-        needs = {"coco": "prepare" in which, "config": "train" in which,
-                 "shards": bool(set(which) & {"prepare", "train", "eval", "analyze"}),
-                 "run": bool(set(which) & {"train", "eval", "analyze", "ae"})}
+        needs = {"coco": "prepare" in which, "config": bool(set(which) & {"train", "study"}),
+                 "shards": bool(set(which) & {"prepare", "train", "eval", "analyze", "study"}),
+                 "run": bool(set(which) & {"train", "eval", "analyze", "ae"}),
+                 "study": "study" in which}
         missing = [f"--{k}" for k, needed in needs.items() if needed and not getattr(self, k)]
         if missing:
             raise UserError(f"shg submit {self.stage} needs {', '.join(missing)}")
-        if self.config and not Path(self.config).is_file():
-            raise UserError(f"--config {self.config}: no such file")
+        for option in ("config", "study"):
+            if getattr(self, option) and not Path(getattr(self, option)).is_file():
+                raise UserError(f"--{option} {getattr(self, option)}: no such file")
         absolute = {k: str(Path(v).absolute()) if v else v
                     for k, v in (("coco", self.coco), ("shards", self.shards),
-                                 ("config", self.config), ("run", self.run))}
+                                 ("config", self.config), ("run", self.run),
+                                 ("study", self.study))}
         return SubmitRequest(**{**self.__dict__, **absolute})
 
     @property

@@ -14,18 +14,20 @@ from .profile import Profile
 from .records import earlier_record
 
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit))(: .*)?$")
+_SHG_ERROR = re.compile(r"^shg [\w -]+: error: ")
 
 
 def _last_error(path: Path) -> str:
-    """The last `SomeError: message` line of a job's log: the reason a person wants to read."""
+    """The reason a person wants to read in a job's log: our own one-line error (`shg train:
+    error: ...`) when there is one, else the last `SomeError: message` line."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
     except OSError:
         return ""
-    for line in reversed(lines):
-        line = line.strip()
-        if _ERROR_LINE.match(line) and not line.startswith("submitit.core.utils.FailedJobState"):
-            return line[:200]
+    for pattern in (_SHG_ERROR, _ERROR_LINE):
+        for line in reversed(lines):
+            if pattern.match(line) and not line.startswith("submitit.core.utils.FailedJobState"):
+                return line[:200]
     return ""
 
 
@@ -95,14 +97,18 @@ def status(folder: str, log=print) -> list[dict]:
     slurm = record["executor"] == "slurm"
     acct = _sacct(all_ids) if slurm else {}
     queue = _squeue(all_ids) if slurm else {}
+    labels = record.get("labels", {})
     rows = []
     for stage, ids in record["jobs"].items():
-        for job_id in ids:
+        for index, job_id in enumerate(ids):
             cls = submitit.SlurmJob if slurm else submitit.LocalJob
             job = cls(folder=f"{record['folder']}/%j", job_id=job_id)
             a, q = acct.get(job_id, {}), queue.get(job_id, {})
-            state = a.get("state") or q.get("state") or job.state
+            state = a.get("state") or q.get("state") or (job.state if slurm else
+                                                           _local_state(job))
+            names = labels.get(stage) or []
             row = {"stage": stage, "job_id": job_id, "state": state,
+                   "variant": names[index] if index < len(names) else "",
                    "elapsed": a.get("elapsed", ""), "requeues": a.get("requeues", 0), "why": ""}
             reason = q.get("reason", "")
             if reason.startswith("Dependency") and state != "PENDING" or (
@@ -129,17 +135,37 @@ def status(folder: str, log=print) -> list[dict]:
     for row in rows:  # name the failed jobs up the chain a job that never ran waited for
         if row["why"].startswith("never ran"):
             deps = upstream(row["stage"], set())
+            # a study's task waits for its own variant's jobs only (aftercorr)
             culprits = [f"{r['stage']} {r['job_id']}" for r in rows
                         if r["stage"] in deps and r["state"] in _BAD
-                        and not r["why"].startswith("never ran")]
+                        and not r["why"].startswith("never ran")
+                        and (r["variant"] == row["variant"] or not (r["variant"] and
+                                                                    row["variant"]))]
             if culprits:
                 row["why"] += (f" ({', '.join(culprits[:3])}"
                                f"{', ...' if len(culprits) > 3 else ''})")
-    log(f"{'stage':<12}{'job':<12}{'state':<11}{'elapsed':<10}{'requeues':<9}why")
+    width = max([len("variant")] + [len(r["variant"]) for r in rows]) \
+        if any(r["variant"] for r in rows) else 0
+    variant = (lambda r: f"{r['variant']:<{width + 2}}") if width else (lambda r: "")
+    log(f"{'stage':<12}{'job':<12}" + (f"{'variant':<{width + 2}}" if width else "")
+        + f"{'state':<11}{'elapsed':<10}{'requeues':<9}why")
     for r in rows:
-        log(f"{r['stage']:<12}{r['job_id']:<12}{r['state']:<11}{r['elapsed']:<10}"
+        log(f"{r['stage']:<12}{r['job_id']:<12}{variant(r)}{r['state']:<11}{r['elapsed']:<10}"
             f"{r['requeues']:<9}{r['why']}")
     return rows
+
+
+def _local_state(job) -> str:
+    """A job run on this machine: submitit says FINISHED whether it succeeded or raised; its
+    result file tells which."""
+    state = job.state
+    if state != "FINISHED":
+        return state
+    try:
+        outcome, _ = job._get_outcome_and_result()
+    except Exception:  # an unreadable result: say what submitit says
+        return state
+    return "COMPLETED" if outcome == "success" else "FAILED"
 
 
 def training_still_to_finish(profile: Profile, run_name: str) -> bool:

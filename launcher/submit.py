@@ -70,17 +70,19 @@ def submit_request(request: SubmitRequest, profile: Profile, executor: str = "sl
     return result
 
 
-def _dependency(after: list[str], ids: dict[str, list[str]] | None = None) -> dict:
-    """submitit's slurm_* parameters making a job wait for the stages `after` (placeholders
-    such as ID_OF_train in a preview)."""
-    if not after:
+def _dependency(stage: Stage, ids: dict[str, list[str]] | None = None) -> dict:
+    """submitit's slurm_* parameters making a job wait for the stages `stage.after` the way
+    `stage.after_kind` says (placeholders such as ID_OF_train in a preview)."""
+    if not stage.after:
         return {}
     # (a placeholder that needs no shell quoting, so the preview reads like the real script)
-    deps = [i.split("_")[0] for d in after for i in ids[d]] if ids else [f"ID_OF_{a}" for a in
-                                                                          after]
-    # Without kill-on-invalid-dep a job whose dependency failed stays PENDING for ever.
-    return {"slurm_dependency": "afterok:" + ":".join(dict.fromkeys(deps)),
-            "slurm_additional_parameters": {"kill_on_invalid_dep": "yes"}}
+    deps = [i.split("_")[0] for d in stage.after for i in ids[d]] if ids else \
+        [f"ID_OF_{a}" for a in stage.after]
+    params = {"slurm_dependency": f"{stage.after_kind}:" + ":".join(dict.fromkeys(deps))}
+    if stage.after_kind != "afterany":
+        # Without kill-on-invalid-dep a job whose dependency failed stays PENDING for ever.
+        params["slurm_additional_parameters"] = {"kill_on_invalid_dep": "yes"}
+    return params
 
 
 def _snapshot_lines(code: str) -> list[str]:
@@ -100,11 +102,13 @@ def executor_parameters(stage: Stage, profile: Profile, executor: str,
     if not stage.gpu:
         params.pop("gpus_per_node", None)
     params["name"] = f"shg-{stage.name}"
+    if stage.array and profile.array_parallelism:
+        params["slurm_array_parallelism"] = profile.array_parallelism
     setup = _snapshot_lines(code) if code else []
     if executor == "slurm":
         if setup:
             params["slurm_setup"] = [*params.get("slurm_setup", []), *setup]
-        params.update(_dependency(stage.after, ids))
+        params.update(_dependency(stage, ids))
         return params
     params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     params.pop("nodes", None)
@@ -160,21 +164,20 @@ def _copy_code(tmp: Path, dest: Path, files: list[str]) -> dict[str, str]:
 def _snapshot_training_files(stages: list[Stage], folder: Path) -> Path:
     """Snapshot, then point the training jobs at the copies of their config and DeepSpeed JSON
     (a run's own config.toml, read by the AE phases, is an output: not copied)."""
+    training = [(stage, job) for stage in stages if stage.training for job in stage.callables()]
     files = []
-    for stage in stages:
-        if stage.training:
-            if stage.name == "train":
-                files.append(stage.fn.config)
-            files += [o.split("=", 1)[1] for o in stage.fn.overrides
-                      if o.startswith("distributed.deepspeed_config=") and o.split("=", 1)[1]]
+    for stage, job in training:
+        if stage.name == "train":
+            files.append(job.config)
+        files += [o.split("=", 1)[1] for o in job.overrides
+                  if o.startswith("distributed.deepspeed_config=") and o.split("=", 1)[1]]
     code, copies = snapshot_code(folder, files)
-    for stage in stages:
-        if stage.training:
-            stage.fn.config = copies.get(stage.fn.config, stage.fn.config)
-            stage.fn.overrides = [
-                f"{o.split('=', 1)[0]}={copies[o.split('=', 1)[1]]}"
-                if o.startswith("distributed.deepspeed_config=") and o.split("=", 1)[1] in copies
-                else o for o in stage.fn.overrides]
+    for _, job in training:
+        job.config = copies.get(job.config, job.config)
+        job.overrides = [
+            f"{o.split('=', 1)[0]}={copies[o.split('=', 1)[1]]}"
+            if o.startswith("distributed.deepspeed_config=") and o.split("=", 1)[1] in copies
+            else o for o in job.overrides]
     return code
 
 
@@ -197,34 +200,53 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
         log(f"code snapshot: {code}")
     earlier = earlier_record(folder, executor)
     ids: dict[str, list[str]] = dict(earlier.get("jobs", {}))
-    handles: dict[str, list] = {}
-    for stage in stages:
-        ex = submitit.AutoExecutor(folder=f"{folder}/%j", cluster=executor)
-        if executor != "slurm":
-            for dep in stage.after:  # no scheduler to wait for us: wait here
-                for job in handles[dep]:
-                    job.results()
-        ex.update_parameters(**executor_parameters(stage, profile, executor, ids,
-                                                   str(code) if code else None))
-        if stage.array:
-            jobs = ex.map_array(_call, [stage.fn] * len(stage.args), stage.args)
-        else:
-            jobs = [ex.submit(stage.fn, *stage.args[0])]
-        handles[stage.name] = jobs
-        ids[stage.name] = [j.job_id for j in jobs]
-        log(f"{stage.name:<12} submitted: {', '.join(ids[stage.name])}")
     record = {"run": run_name, "executor": executor, "folder": str(folder),
               "code": str(code) if code else None,
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": ids,
               # a later submission for the same run (`shg submit ae`) joins the earlier ones
-              "after": {**earlier.get("after", {}), **{s.name: s.after for s in stages}}}
-    write_record(folder, record)
+              "after": {**earlier.get("after", {}), **{s.name: s.after for s in stages}},
+              "labels": {**earlier.get("labels", {}),
+                         **{s.name: s.labels for s in stages if s.labels}}}
+    handles: dict[str, list] = {}
+    for stage in stages:
+        ex = submitit.AutoExecutor(folder=f"{folder}/%j", cluster=executor)
+        if executor != "slurm":  # no scheduler to wait for us: wait here
+            _wait_locally([j for dep in stage.after for j in handles[dep]],
+                          raise_failed=stage.after_kind == "afterok")
+        ex.update_parameters(**executor_parameters(stage, profile, executor, ids,
+                                                   str(code) if code else None))
+        if stage.array:
+            jobs = ex.map_array(_call, stage.callables(), stage.args)
+        else:
+            jobs = [ex.submit(stage.callables()[0], *stage.args[0])]
+        handles[stage.name] = jobs
+        ids[stage.name] = [j.job_id for j in jobs]
+        # written after each stage: what was queued is on record even if a later stage fails
+        # to submit, and a local job reading the record sees its own stage
+        write_record(folder, record)
+        log(f"{stage.name:<12} submitted: {', '.join(ids[stage.name])}")
     if executor != "slurm":
+        failed = []
         for stage in stages:
-            for job in handles[stage.name]:
-                job.results()  # raises with the job's own error if it failed
-        log("all stages finished")
+            failed += _wait_locally(handles[stage.name], raise_failed=not stage.may_fail,
+                                    names=stage.labels or [stage.name] * len(stage.args))
+        log("all stages finished" + (f"; failed (see the report): {', '.join(failed)}"
+                                     if failed else ""))
     return {"ids": ids, "handles": handles, "record": record, "folder": folder}
+
+
+def _wait_locally(jobs: list, raise_failed: bool, names: list[str] = ()) -> list[str]:
+    """Wait for jobs run on this machine; re-raise a failure with the job's own error, or
+    return the names of the failed ones."""
+    failed = []
+    for i, job in enumerate(jobs):
+        try:
+            job.results()
+        except Exception:  # submitit re-raises the job's error (FailedJobState)
+            if raise_failed:
+                raise
+            failed.append(names[i] if i < len(names) else job.job_id)
+    return failed
 
 
 def _call(fn: Callable, args: tuple) -> Any:

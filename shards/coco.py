@@ -172,7 +172,7 @@ def make_plan(root: str | Path, split: str, min_keypoints: int = 1, seed: int = 
     for job in images:
         job.persons.sort(key=lambda p: p.ann_id)
     random.Random(seed).shuffle(images)
-    return Plan(split, images, str(path), sha, filtered, skipped, dropped,
+    return Plan(split, images, str(path.absolute()), sha, filtered, skipped, dropped,
                 first[0] if first else None)
 
 

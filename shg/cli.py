@@ -315,30 +315,39 @@ def _submit_args(p: argparse.ArgumentParser, name: str) -> None:
                    help="jobs import the live checkout instead of a copy made at submission")
     if name != "ae":
         p.add_argument("--shards", help="shard directory (shared filesystem)")
-    if name in ("pipeline", "prepare"):
-        p.add_argument("--coco", help="COCO root")
+    if name in ("pipeline", "prepare", "study"):
+        p.add_argument("--coco", help="COCO root" + (" (optional: also build the shards first)"
+                                                     if name == "study" else ""))
         p.add_argument("--shard-size", type=int, default=1000)
-    if name in ("pipeline", "train"):
-        p.add_argument("--config", help="training TOML")
-    if name != "prepare":
+    if name in ("pipeline", "train", "study"):
+        p.add_argument("--config", help="training TOML" + (" every variant starts from"
+                                                           if name == "study" else ""))
+    if name == "study":
+        p.add_argument("--study", required=True, help="study TOML: [grid] and/or [variants.X]")
+        p.add_argument("--run", help="study directory: a run per variant and the leaderboard "
+                                     "(default runs/studies/NAME)")
+    elif name != "prepare":
         p.add_argument("--run", help="run directory")
     if name == "pipeline":
         p.add_argument("--ae", action="store_true",
                        help="also queue the bottleneck-AE phases after training")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="training config overrides")
-    p.set_defaults(coco=None, shards=None, config=None, run=None, shard_size=1000, ae=False)
+    p.set_defaults(coco=None, shards=None, config=None, run=None, shard_size=1000, ae=False,
+                   study=None)
 
 
 def _submit(args: argparse.Namespace) -> int:
     from launcher.profile import load_profile
+    from launcher.study import submit_study
     from launcher.submit import SubmitRequest, submit_request
 
     request = SubmitRequest(stage=args.stage, coco=args.coco, shards=args.shards,
                             config=args.config, run=args.run, shard_size=args.shard_size,
-                            ae=args.ae, overrides=list(args.overrides))
-    submit_request(request, load_profile(args.profile, args.profile_set or []), args.executor,
-                   dry_run=args.dry_run, snapshot=not args.no_snapshot)
+                            ae=args.ae, overrides=list(args.overrides), study=args.study)
+    how = submit_study if args.stage == "study" else submit_request
+    how(request, load_profile(args.profile, args.profile_set or []), args.executor,
+        dry_run=args.dry_run, snapshot=not args.no_snapshot)
     return 0
 
 
@@ -350,6 +359,17 @@ def _submit_status(args: argparse.Namespace) -> int:
     from launcher.status import status
 
     status(args.folder)
+    return 0
+
+
+def _study_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study_dir", help="the study directory (holds study.json)")
+
+
+def _study_report(args: argparse.Namespace) -> int:
+    from launcher.study_report import report
+
+    report(args.study_dir)
     return 0
 
 
@@ -409,10 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
                        ("prepare", "shard building as a job array, then finalize"),
                        ("train", "the training job (nodes x tasks per node)"),
                        ("eval", "the evaluation job"), ("analyze", "the analysis jobs"),
-                       ("ae", "bottleneck-AE phases 1 and 2, the baseline, the comparison")):
+                       ("ae", "bottleneck-AE phases 1 and 2, the baseline, the comparison"),
+                       ("study", "a grid/list of training variants: one job array, "
+                                 "evaluations, a leaderboard")):
         add(ssub2, name, text, lambda p, n=name: _submit_args(p, n), _submit)
     add(ssub2, "status", "state of a submitted pipeline's jobs", _submit_status_args,
         _submit_status)
+    study = sub.add_parser("study", help="a study's leaderboard (shg submit study queues one)")
+    stsub = study.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+    add(stsub, "report", "rebuild leaderboard.md/json and plots from the runs and jobs",
+        _study_report_args, _study_report)
     add(sub, "info", "parameters and FLOPs of an SHG", _info_args, _info)
     add(sub, "demo", "run the whole pipeline on synthetic data (make demo)", _demo_args, _demo)
     return parser

@@ -362,16 +362,19 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """A TOML file's table; a missing or invalid file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
-    values: dict = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    values = read_toml(path) if path else {}
     values = apply_overrides(values, list(overrides))
     try:
         return _build(cls, values)

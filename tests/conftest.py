@@ -61,3 +61,20 @@ def trained_run(synth_shards, tmp_path_factory):
          "data.num_workers=0", "eval.max_samples=8"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch) -> Path:
+    """A stand-in `sbatch` on PATH that answers with job ids 1001, 1002, ... and keeps each
+    script it was handed as BIN/sbatch-ID.sh (the script submitit really submitted)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/bash\nn=$(cat \"$0.count\" 2>/dev/null || echo 1000)\n"
+        "echo $((n + 1)) > \"$0.count\"\ncp \"$1\" \"$0-$((n + 1)).sh\"\n"
+        "echo \"Submitted batch job $((n + 1))\"\n")
+    (bin_dir / "srun").write_text("#!/bin/bash\nexit 0\n")  # submitit looks for it
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return bin_dir

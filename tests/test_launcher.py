@@ -30,7 +30,7 @@ def test_sbatch_matches_the_golden_file_for_2_nodes_x_4_gpus(stage):
 
 
 @pytest.mark.parametrize("stage", ["train", "prepare"])
-def test_the_script_really_submitted_matches_the_golden_file(stage, tmp_path, monkeypatch):
+def test_the_script_really_submitted_matches_the_golden_file(stage, tmp_path, fake_sbatch):
     """Not a second assembly path: submit() itself, with a stand-in sbatch that only answers
     with a job id; the script submitit handed to it must equal the golden file."""
     import re
@@ -38,16 +38,7 @@ def test_the_script_really_submitted_matches_the_golden_file(stage, tmp_path, mo
 
     from launcher.submit import submit
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(
-        "#!/bin/bash\nn=$(cat \"$0.count\" 2>/dev/null || echo 1000)\n"
-        "echo $((n + 1)) > \"$0.count\"\ncp \"$1\" \"$0-$((n + 1)).sh\"\n"
-        "echo \"Submitted batch job $((n + 1))\"\n")
-    (bin_dir / "srun").write_text("#!/bin/bash\nexit 0\n")  # submitit looks for it
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    bin_dir = fake_sbatch
     profile = load_profile("slurm/profiles/example-2x4gpu.toml", [f"folder={tmp_path / 'jobs'}"])
     stages = [s for s in _stages(profile).values() if s.name in ("prepare", "finalize", "train")]
     result = submit(stages, profile, "slurm", "r1", log=lambda *a: None)
@@ -102,7 +93,7 @@ def test_pipeline_through_the_local_executor(synth_root, tmp_path, capsys):
     capsys.readouterr()
     rows = status(str(jobs / "run"))
     assert {r["stage"] for r in rows} == {"prepare", "finalize", "train", "eval", "analyze"}
-    assert all(r["state"] == "FINISHED" for r in rows)
+    assert all(r["state"] == "COMPLETED" for r in rows)
     assert len([r for r in rows if r["stage"] == "prepare"]) == 4  # 2 tasks x 2 splits
     record = json.loads((jobs / "run" / "pipeline.json").read_text())
     (train_id,) = record["jobs"]["train"]

@@ -223,3 +223,38 @@ def test_plain_sbatch_examples_train_resume_after_preemption_and_evaluate(
     final = json.loads((run / "checkpoints" / f"step-{steps:08d}" / "state.json").read_text())
     assert final["step"] == steps and final["world_size"] == 2
     assert (run / "eval" / "pck.json").is_file()
+
+
+def test_a_study_on_slurm_finishes_the_good_variants_and_reports_the_failed_one(
+        slurm_cluster, synth_shards, tmp_path):
+    study = tmp_path / "three.toml"
+    # `broken` passes the config check at submission and fails when its training starts
+    study.write_text('name = "three"\n[variants.a]\n[variants.b]\n"optim.lr" = 0.001\n'
+                     '[variants.broken]\n"distributed.expect_processes" = 3\n')
+    jobs, study_dir = tmp_path / "jobs", tmp_path / "three"
+    folder = _submit("study", "--profile", "slurm/profiles/local.toml", "--set",
+                     f"folder={jobs}", "--set", "tasks_per_node=1", "--set",
+                     "array_parallelism=2", "--config", "configs/tiny.toml", "--study",
+                     str(study), "--shards", str(synth_shards), "--run", str(study_dir),
+                     "train.max_steps=2", "eval.every_steps=2", "checkpoint.every_steps=2",
+                     *TINY)
+    rows = _wait(folder)
+    by = {(r["stage"], r["variant"]): r for r in rows}
+    train = [by[("train", v)] for v in ("a", "b", "broken")]
+    base = train[0]["job_id"].split("_")[0]
+    assert [r["job_id"] for r in train] == [f"{base}_0", f"{base}_1", f"{base}_2"]  # one array
+    assert [r["state"] for r in train] == ["COMPLETED", "COMPLETED", "FAILED"]
+    assert "expected 3 processes, the launch gave 1" in train[2]["why"]
+    assert by[("eval", "a")]["state"] == by[("eval", "b")]["state"] == "COMPLETED"
+    assert by[("eval", "broken")]["state"] == "CANCELLED"
+    assert by[("eval", "broken")]["why"] == \
+        f"never ran: a job it depends on failed (train {base}_2)"
+    assert by[("report", "")]["state"] == "COMPLETED"
+    scripts = [p.read_text() for p in jobs.rglob("*_submission.sh")]
+    assert any("--array=0-2%2" in s and "shg-train" in s for s in scripts), scripts
+    board = json.loads((study_dir / "leaderboard.json").read_text())
+    states = {r["name"]: (r["state"], r["why"]) for r in board["variants"]}
+    assert states["a"] == states["b"] == ("finished", "")
+    assert states["broken"][0] == "failed (train FAILED)"
+    assert "expected 3 processes, the launch gave 1" in states["broken"][1]
+    assert "- **broken**: failed (train FAILED)" in (study_dir / "leaderboard.md").read_text()

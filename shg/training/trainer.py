@@ -50,6 +50,8 @@ class Progress:
     best_loss: float | None = None
     """The lowest validation loss so far (best_by_loss/, for comparing the selection rules)."""
     best_loss_step: int = -1
+    train_seconds: float = 0.0
+    """Wall time spent in training so far, summed over resumptions (queue time left out)."""
 
     @classmethod
     def from_state(cls, state: dict, selection: Selection) -> "Progress":
@@ -85,6 +87,7 @@ class Trainer:
         self.stopped_by_signal = False
         self._skipped_pending = 0
         self._rate_from = (0.0, 0)
+        self._clock = (time.perf_counter(), 0.0)
 
     @contextlib.contextmanager
     def holding_run(self):
@@ -116,6 +119,7 @@ class Trainer:
         signals = StopSignals(cfg.train.stop_signals)
         accum, micro, loss_acc = cfg.train.grad_accum, 0, 0.0
         self._rate_from = (time.perf_counter(), progress.samples_seen)
+        self._clock = (time.perf_counter(), progress.train_seconds)
         self.model.train()
         for batch in loader:
             if progress.step >= cfg.train.max_steps:
@@ -217,15 +221,27 @@ class Trainer:
         self.progress.skipped_samples += int(pending.item())
         self._skipped_pending = 0
 
+    def train_seconds(self) -> float:
+        """progress.train_seconds plus the time since this process started training."""
+        started, before = self._clock
+        return before + time.perf_counter() - started
+
     def summary(self) -> dict:
+        """The run's outcome; a run that ended normally (not stopped by a signal) also writes
+        it to RUN/summary.json, which marks it finished (studies skip it on re-submission)."""
         progress = self.progress
         if progress.skipped_samples and self.is_main:
             print(f"shg train: {progress.skipped_samples} damaged samples were skipped "
                   "(data.on_error=skip; see the warnings above)", file=sys.stderr)
-        return {"step": progress.step, "best_score": progress.best_metric,
-                "best_step": progress.best_step, "run_dir": str(self.run_dir),
-                "skipped_samples": progress.skipped_samples,
-                "stopped_by_signal": self.stopped_by_signal}
+        summary = {"step": progress.step, "best_score": progress.best_metric,
+                   "best_step": progress.best_step, "run_dir": str(self.run_dir),
+                   "skipped_samples": progress.skipped_samples,
+                   "stopped_by_signal": self.stopped_by_signal,
+                   "train_seconds": round(self.train_seconds(), 1)}
+        if self.is_main and not self.stopped_by_signal:
+            atomic.write_json(self.run_dir / "summary.json", {**summary, "finished": True},
+                              indent=1)
+        return summary
 
     def optimizer_step(self, loss: float) -> None:
         """Every rank agrees before stepping: one rank's NaN stops all of them. (Under DeepSpeed
@@ -285,6 +301,7 @@ class Trainer:
 
     def save(self) -> None:
         self.count_skipped()
+        self.progress.train_seconds = self.train_seconds()
         broadcast_buffers(self.model, self.accelerator)
         self.checkpointer.save(self.progress.step, self.model, self.optimizer,
                                asdict(self.progress),
