@@ -16,13 +16,13 @@ QUIET := 2>&1 | { grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning
 setup: $(VENV)/.done
 
 # torch first (so nothing pulls a CUDA build), then deepspeed without build isolation
-# (its setup.py imports torch), then the project with its dev extras.
+# (its setup.py imports torch), then the project with its dev and onnx extras (the ONNX export test runs in CI).
 $(VENV)/.done: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel $(QUIET)
 	$(BIN)/pip install -q $(TORCH_SPEC) $(QUIET)
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation $(DEEPSPEED_SPEC) "transformers>=4.40" $(QUIET)
-	$(BIN)/pip install -q --no-build-isolation -e ".[dev]" $(QUIET)
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev,onnx]" $(QUIET)
 	touch $@
 
 test: setup

@@ -92,11 +92,11 @@ def check_split(root: str | Path, split: str) -> None:
                             f"{shard['num_samples']} (replaced or cut short?)")
 
 
-def decode_or_skip(raw: dict, mean, cfg: SampleConfig, rng, on_error: str) -> dict | None:
+def decode_or_skip(raw: dict, cfg: SampleConfig, rng, on_error: str) -> dict | None:
     """decode(), with a failure named by shard and sample: raised, or (on_error="skip")
     warned about and returned as None."""
     try:
-        return decode(raw, mean, cfg, rng)
+        return decode(raw, cfg, rng)
     except Exception as exc:  # a corrupt PNG or json raises many kinds
         where = f"shard {raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
         if on_error == "skip":
@@ -121,9 +121,13 @@ class _ShuffleBuffer:
             yield self.items.pop(int(self.rng.integers(len(self.items))))
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict], mean: np.ndarray) -> dict:
+    """One batch: uint8 crops (the device subtracts `mean`, carried as batch["mean_rgb"]), the
+    targets or the augmentation still to apply, keys, metadata."""
     batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))
-             for k in ("image", "heatmaps", "weights", "keypoints", "augment")}
+             for k in ("image", "heatmaps", "weights", "keypoints", "augment") if k in samples[0]}
+    batch["flip"] = torch.tensor([s["flip"] for s in samples])
+    batch["mean_rgb"] = torch.as_tensor(np.asarray(mean, dtype=np.float32))
     batch["key"] = [s["key"] for s in samples]
     batch["meta"] = [s["meta"] for s in samples]
     if "index" in samples[0]:
@@ -209,7 +213,7 @@ class TrainStream(IterableDataset):
             samples = []
             for pos, item in enumerate(chunk):
                 rng = np.random.default_rng([self.seed, self.rank, s, j, pos])
-                sample = decode_or_skip(item, self.mean, self.cfg, rng, self.on_error)
+                sample = decode_or_skip(item, self.cfg, rng, self.on_error)
                 if sample is not None:
                     samples.append(sample)
             skipped = len(chunk) - len(samples) + self._lost[0]
@@ -217,7 +221,7 @@ class TrainStream(IterableDataset):
             if not samples:
                 raise DataError(f"every sample of a batch failed to decode (the last: shard "
                                 f"{chunk[-1].get('__url__')}: sample {chunk[-1].get('__key__')})")
-            batch = collate(samples)
+            batch = collate(samples, self.mean)
             batch["skipped"] = skipped
             yield batch
             j += 1
@@ -229,9 +233,11 @@ def train_loader(stream: TrainStream) -> DataLoader:
     workers = stream.num_workers if stream.num_workers > 1 else 0
     if workers == 0 and stream.num_workers != 1:
         raise ValueError("num_workers must be >= 1 in TrainStream")
+    # pinned host memory lets the copies to a GPU overlap compute (non_blocking in the trainer)
     return DataLoader(stream, batch_size=None, num_workers=workers,
                       persistent_workers=False, prefetch_factor=4 if workers else None,
-                      multiprocessing_context="fork" if workers else None)
+                      multiprocessing_context="fork" if workers else None,
+                      pin_memory=torch.cuda.is_available())
 
 
 class EvalStream(IterableDataset):
@@ -277,16 +283,17 @@ class EvalStream(IterableDataset):
                     break
                 if not by_shard and index % slots != slot:
                     continue
-                sample = decode_or_skip(raw, self.mean, self.cfg, None, "raise")
+                sample = decode_or_skip(raw, self.cfg, None, "raise")
                 sample["index"] = index
                 batch.append(sample)
                 if len(batch) == self.batch_size:
-                    yield collate(batch)
+                    yield collate(batch, self.mean)
                     batch = []
         if batch:
-            yield collate(batch)
+            yield collate(batch, self.mean)
 
 
 def eval_loader(stream: EvalStream, num_workers: int = 0) -> DataLoader:
     return DataLoader(stream, batch_size=None, num_workers=num_workers,
-                      multiprocessing_context="fork" if num_workers else None)
+                      multiprocessing_context="fork" if num_workers else None,
+                      pin_memory=torch.cuda.is_available())

@@ -1,5 +1,10 @@
 """Turning one stored crop into a training/evaluation sample: augmentation and heatmap targets.
 
+Loader workers ship uint8 crops; the mean subtraction and scaling happen on the training device
+(`model_input`). With augment_on = "device" the workers only decode: the rotation/scale/flip of
+a whole batch (one affine sampling) and the targets are computed there (`device_augment`), from
+the same per-sample random draws as the loader path, so exact resume holds on both paths.
+
 Targets follow the thesis: each keypoint's 1 is placed directly in the 64x64 grid (the cell that
 contains it), then blurred with a Gaussian; the Gaussian is scaled to a peak of 1 (Newell's
 convention) so the MSE is not dominated by the background. Heatmap cell j covers crop pixels
@@ -38,6 +43,10 @@ class SampleConfig:
     """Probability of a horizontal flip (left/right joints swapped)."""
     occluded_weight: float = 1.0
     """Loss weight of labelled-but-occluded joints (COCO v=1); visible (v=2) joints weigh 1."""
+    augment_on: str = "auto"
+    """Where augmentation and targets are computed: "loader" (each loader worker, OpenCV +
+    numpy), "device" (the training device, a whole batch at once; workers only decode) or
+    "auto" (device on CUDA, loader on CPU, where the loader path measured faster)."""
 
     def __post_init__(self) -> None:
         if self.heatmap_size < 4:
@@ -50,6 +59,16 @@ class SampleConfig:
             raise ValueError("flip_prob must be in [0, 1]")
         if self.rotate_deg < 0:
             raise ValueError("rotate_deg must be >= 0")
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on {self.augment_on!r}; valid: {', '.join(AUGMENT_ON)}")
+
+
+AUGMENT_ON = ("auto", "loader", "device")
+
+
+def resolve_augment_on(value: str, cuda: bool) -> str:
+    """"auto" -> "device" on CUDA, "loader" elsewhere; other values stay."""
+    return ("device" if cuda else "loader") if value == "auto" else value
 
 
 def augmentation_matrix(rng: np.random.Generator, cfg: SampleConfig, size: int
@@ -108,33 +127,111 @@ def heatmaps(keypoints: np.ndarray, crop_size: int, cfg: SampleConfig
     return maps.astype(np.float32), weights.astype(np.float32)
 
 
-def decode(raw: dict, mean_rgb: np.ndarray, cfg: SampleConfig,
-           rng: np.random.Generator | None) -> dict:
-    """A raw tar sample ({"__key__", "png", "json"}) -> arrays ready to batch.
+def decode(raw: dict, cfg: SampleConfig, rng: np.random.Generator | None) -> dict:
+    """A raw tar sample ({"__key__", "png", "json"}) -> arrays ready to batch: the uint8 CHW
+    crop, warped and with its targets (loader path), or as stored with the augmentation to
+    apply on the device (cfg.augment_on == "device").
 
     `rng=None` (or cfg.augment False) means no augmentation."""
     meta = json.loads(raw["json"])
     pixels = decode_png(raw["png"])
     size = pixels.shape[1]
     kps = np.asarray(meta["keypoints"], dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
-    aug = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    aug, flipped = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), False
     if cfg.augment and rng is not None:
         aug, flipped = augmentation_matrix(rng, cfg, size)
+        if cfg.augment_on == "device":  # warp and targets happen batched on the device
+            return {"key": raw["__key__"], "image": np.ascontiguousarray(pixels.transpose(2, 0, 1)),
+                    "keypoints": kps, "augment": aug, "flip": flipped, "meta": meta}
         pixels = warp(pixels, aug)
         labelled = kps[:, 2] > 0
         kps[labelled, :2] = kps[labelled, :2] @ aug[:, :2].T + aug[:, 2]
         if flipped:
             kps = kps[list(FLIP_INDEX)]
     target, weight = heatmaps(kps, size, cfg)
-    chw = pixels.transpose(2, 0, 1).astype(np.float32)
-    chw -= np.asarray(mean_rgb, dtype=np.float32)[:, None, None]
-    chw *= 1.0 / 255.0
     return {
         "key": raw["__key__"],
-        "image": chw,
+        "image": np.ascontiguousarray(pixels.transpose(2, 0, 1)),
         "heatmaps": target,
         "weights": weight,
         "keypoints": kps.astype(np.float32),
         "augment": aug.astype(np.float32),
+        "flip": flipped,
         "meta": meta,
     }
+
+
+# ----------------------------------------------------------------------------- on the device
+def model_input(batch: dict, device, channels_last: bool = False):
+    """The batch's uint8 crops as the model's input on `device`: (x - mean RGB) / 255, computed
+    there (the same float32 arithmetic the loader workers used to do)."""
+    import torch
+
+    images = batch["image"].to(device, non_blocking=True)
+    mean = batch["mean_rgb"].to(device, non_blocking=True).view(1, -1, 1, 1)
+    x = (images.float() - mean) * (1.0 / 255.0) if images.dtype == torch.uint8 else images
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def training_inputs(batch: dict, cfg: SampleConfig, device, channels_last: bool = False):
+    """(images, target heatmaps, weights) of a training batch on `device`, augmented in the
+    loader workers or here (batches from augment_on = "device" carry no targets yet)."""
+    if "heatmaps" in batch:
+        return (model_input(batch, device, channels_last),
+                batch["heatmaps"].to(device, non_blocking=True),
+                batch["weights"].to(device, non_blocking=True))
+    return device_augment(batch, cfg, device, channels_last)
+
+
+def device_augment(batch: dict, cfg: SampleConfig, device, channels_last: bool = False):
+    """The loader path's augmentation for a whole batch on `device`: one affine sampling
+    (bilinear, zeros outside, as cv2.warpAffine), the keypoints moved by the same matrices and
+    the left/right swap, then the thesis targets (the 1 in its 64x64 cell, then the Gaussian)."""
+    import torch
+    import torch.nn.functional as F
+
+    images = batch["image"].to(device, non_blocking=True).float()
+    n, _, h, w = images.shape
+    if h != w:
+        raise ValueError(f"device augmentation needs square crops, got {h}x{w}")
+    forward = batch["augment"].to(device, torch.float64)  # (N, 2, 3): input -> output
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device).expand(n, 1, 3)
+    inverse = torch.linalg.inv(torch.cat([forward, bottom], 1))[:, :2]  # output -> input
+    a, b = inverse[:, :, :2], inverse[:, :, 2]
+    # pixel coordinates x (edges 0..w) <-> grid_sample's u = 2x/w - 1 (align_corners=False)
+    theta = torch.cat([a, (a.sum(-1) + 2 * b / w - 1).unsqueeze(-1)], -1)
+    grid = F.affine_grid(theta.float(), [n, 3, h, w], align_corners=False)
+    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
+    mean = batch["mean_rgb"].to(device, non_blocking=True).view(1, -1, 1, 1)
+    x = (warped - mean) * (1.0 / 255.0)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    kps = batch["keypoints"].to(device, torch.float64)
+    moved = kps[..., :2] @ forward[:, :, :2].transpose(1, 2) + forward[:, None, :, 2]
+    kps = torch.cat([torch.where((kps[..., 2:] > 0), moved, kps[..., :2]), kps[..., 2:]], -1)
+    swap = torch.as_tensor(FLIP_INDEX, device=device)
+    flip = torch.as_tensor(batch["flip"], device=device).view(n, 1, 1)
+    kps = torch.where(flip, kps[:, swap], kps)
+    target, weight = torch_heatmaps(kps, h, cfg)
+    return x, target, weight
+
+
+def torch_heatmaps(keypoints, crop_size: int, cfg: SampleConfig):
+    """`heatmaps` for a batch of (N, K, 3) float64 keypoints on any device (same arithmetic in
+    float64, so the targets equal the loader path's)."""
+    import torch
+
+    h = cfg.heatmap_size
+    cells = torch.floor(keypoints[..., :2] * (h / crop_size))
+    vis = keypoints[..., 2]
+    inside = ((cells >= 0) & (cells < h)).all(-1)
+    weights = torch.where(vis >= 2, 1.0, torch.where(vis > 0, cfg.occluded_weight, 0.0))
+    weights = weights * inside
+    grid = torch.arange(h, dtype=torch.float64, device=keypoints.device)
+    gx = torch.exp(-((grid - cells[..., 0:1]) ** 2) / (2 * cfg.sigma ** 2))
+    gy = torch.exp(-((grid - cells[..., 1:2]) ** 2) / (2 * cfg.sigma ** 2))
+    maps = gy[..., :, None] * gx[..., None, :]
+    maps = maps * (weights != 0)[..., None, None]
+    return maps.float(), weights.float()

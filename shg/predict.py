@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from shards.crop import CropParams, crop_box, cut, to_image
 from shards.keypoints import NAMES
+from shards.sample import model_input
 
 from .errors import UserError
 
@@ -48,10 +49,12 @@ def predict(model_file: str, image_path: str, bbox: str | None = None, out: str 
     box = parse_bbox(bbox) if bbox else (0.0, 0.0, float(w), float(h))
     params = CropParams(size=int(meta.get("crop_size", 256)))
     cbox = crop_box(box, w, h, params)
-    crop = np.asarray(cut(image, cbox, params), dtype=np.float32)
-    mean = np.asarray(meta.get("mean_rgb", [0, 0, 0]), dtype=np.float32)
-    x = torch.from_numpy(((crop - mean) / 255.0).transpose(2, 0, 1)).unsqueeze(0)
-    heat = forward_heatmaps(model, x, flip)[1]
+    crop = np.asarray(cut(image, cbox, params), dtype=np.uint8)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    batch = {"image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None],
+             "mean_rgb": torch.tensor(meta.get("mean_rgb", [0.0, 0.0, 0.0]))}
+    heat = forward_heatmaps(model, model_input(batch, device), flip)[1].float().cpu()
     coords, conf = decode_heatmaps(heat, params.size)
     points = to_image(coords[0].numpy(), cbox.affine(params.size))
     scores = conf[0].numpy()

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shards.sample import model_input
+
 from ..errors import UserError
 from ..evaluation.core import ModelOnSplit
 from ..evaluation.report import crops_by_key, pyplot
@@ -43,12 +45,13 @@ def extract(opts: LatentOptions, model, meta) -> tuple[np.memmap, list[str], np.
     out = Path(opts.out)
     stack = opts.stack % model.stacks
     keys, preds, store = [], [], None
+    device = next(model.parameters()).device
     n_total = None
     row = 0
     for batch in batches(opts.shards, opts.split, opts.batch_size, meta, opts.limit or None,
                          desc="latents"):
         with model.capture_bottleneck(stack) as captured:
-            heat = model(batch["image"])[:, -1]
+            heat = model(model_input(batch, device))[:, -1]
         lat = captured[0].flatten(1).float().numpy()
         if store is None:
             from shards.manifest import split_entry

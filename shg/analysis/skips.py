@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shards.sample import model_input
+
 from ..evaluation.core import ModelOnSplit
 from ..evaluation.report import crops_by_key, pyplot
 from .common import batches
@@ -57,10 +59,12 @@ def run_skips(opts: SkipOptions) -> dict:
     settings = [("none", [])] + [(f"level {lv}", [lv]) for lv in levels] + [("all", levels)]
     # 1. find the perfect samples
     perfect = {"image": [], "gt": [], "vis": [], "norm": [], "key": []}
+    device = next(model.parameters()).device
     seen = 0
     for batch in batches(opts.shards, opts.split, opts.batch_size, meta, opts.limit or None,
                          desc="select"):
-        coords, _ = decode_heatmaps(model(batch["image"])[:, -1], batch["image"].shape[-1])
+        images = model_input(batch, device)
+        coords, _ = decode_heatmaps(model(images)[:, -1], images.shape[-1])
         gt = batch["keypoints"].numpy()
         vis = gt[:, :, 2] > 0
         norm = _norms(batch, opts.norm)
@@ -69,7 +73,7 @@ def run_skips(opts: SkipOptions) -> dict:
         seen += len(ok)
         for i in np.nonzero(ok)[0]:
             if len(perfect["key"]) < opts.max_perfect:
-                perfect["image"].append(batch["image"][i])
+                perfect["image"].append(images[i])
                 perfect["gt"].append(gt[i, :, :2])
                 perfect["vis"].append(vis[i])
                 perfect["norm"].append(norm[i])

@@ -18,6 +18,7 @@ from shards.crop import to_image
 from shards.keypoints import FLIP_INDEX
 from shards.manifest import split_entry
 from shards.reader import EvalStream, dist_rank_world, eval_loader
+from shards.sample import model_input
 
 from ..losses import heatmap_loss
 from .decode import decode_heatmaps, flip_back
@@ -99,9 +100,7 @@ def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, refine: 
         if model is None:
             heat = batch["heatmaps"]
         else:
-            images = batch["image"].to(device)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = model_input(batch, device, channels_last)
             with autocast():
                 out, heat = forward_heatmaps(model, images, flip)
             if with_loss:

@@ -9,6 +9,7 @@ import torch
 
 from shards.manifest import read_manifest
 from shards.reader import TrainStream, check_split, train_loader
+from shards.sample import resolve_augment_on
 
 from .. import weights
 from ..config import ConfigError, resolve_precision
@@ -19,8 +20,12 @@ from .optim import make_optimizer
 
 def resolved(cfg):
     """A copy of the config with the values decided at run time filled in (what config.toml
-    records): mixed_precision "auto" becomes the precision used. The caller's config is kept."""
-    return dataclasses.replace(cfg, mixed_precision=resolve_precision(cfg.mixed_precision))
+    records): mixed_precision "auto" becomes the precision used, data.augment_on "auto" the
+    place augmentation runs. The caller's config is kept."""
+    data = dataclasses.replace(cfg.data, augment_on=resolve_augment_on(
+        cfg.data.augment_on, torch.cuda.is_available()))
+    return dataclasses.replace(cfg, mixed_precision=resolve_precision(cfg.mixed_precision),
+                               data=data)
 
 
 def data_facts(cfg) -> dict:

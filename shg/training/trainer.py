@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from shards import atomic
+from shards.sample import training_inputs
 
 from ..config import dump_toml
 from ..errors import UserError
@@ -74,6 +76,8 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.run_dir = Path(cfg.run_dir)
         if cfg.train.deterministic:
+            # cuBLAS needs a fixed workspace to be deterministic (read when CUDA starts)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         self.model, self.optimizer = prepare_model(cfg, self.accelerator)
         self.checkpointer = Checkpointer(self.run_dir, self.accelerator, cfg.checkpoint,
@@ -183,11 +187,8 @@ class Trainer:
         returns the loss."""
         acc, cfg = self.accelerator, self.cfg
         self._skipped_pending += int(batch.get("skipped", 0))
-        images = batch["image"].to(acc.device, non_blocking=True)
-        if cfg.model.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        target = batch["heatmaps"].to(acc.device, non_blocking=True)
-        weights = batch["weights"].to(acc.device, non_blocking=True)
+        images, target, weights = training_inputs(batch, cfg.data, acc.device,
+                                                  cfg.model.channels_last)
         sync = last_micro or self.deepspeed
         with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
             with acc.autocast():

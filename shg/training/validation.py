@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from shards.sample import model_input
+
 from ..evaluation.core import gather_rows, pck_metrics, predict_rows, split_batches
 from ..models import add_proportional_noise
 from .distributed import unwrap
@@ -48,7 +50,7 @@ def validate_ae(cfg, model, accelerator) -> dict:
     sums = torch.zeros(4, dtype=torch.float64)  # recon SE, noisy SE, clean energy, elements
     gen = torch.Generator().manual_seed(0)
     for batch in _batches(cfg, accelerator):
-        images = batch["image"].to(accelerator.device)
+        images = model_input(batch, accelerator.device)
         with accelerator.autocast():
             recon, clean = net(images)
         recon, clean = recon.float().cpu(), clean.float().cpu()
