@@ -22,11 +22,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from . import atomic
 from .coco import SKIP_REASONS, ImageJob, Plan, make_plan
-from .crop import CropParams, crop_box, cut, to_crop
+from .crop import CropParams, ImageSkip, crop_box, cut, open_for_crops, to_crop
 from .manifest import MANIFEST, DataError, read_manifest
 
 # Lossless either way. Measured on 256x256 crops here: zlib level 1, Huffman-only coding and
@@ -102,27 +101,12 @@ def _crop_image(args: tuple[str, ImageJob, CropParams, int]) -> dict:
     path = Path(root) / job.file_name
     result = {"samples": [], "skip": None, "rgb_sum": np.zeros(3), "rgb_sq": np.zeros(3),
               "pixels": 0}
-    if not path.is_file():
-        result["skip"] = ("missing_image", f"{path}: file not found")
-        return result
+    boxes = [crop_box(p.bbox, job.width, job.height, params) for p in job.persons]
     try:
-        image = Image.open(path)
-        if image.size != (job.width, job.height):
-            result["skip"] = ("size_mismatch", f"{path}: is {image.size[0]}x{image.size[1]}, "
-                              f"annotations say {job.width}x{job.height}")
-            return result
-        boxes = [crop_box(p.bbox, job.width, job.height, params) for p in job.persons]
-        # JPEG draft decoding (DCT scaling) is much faster for big images; ask only for as many
-        # pixels as the smallest crop needs so no crop is ever upsampled because of it.
-        smallest = min(b.side for b in boxes)
-        need = params.size / smallest
-        if image.format == "JPEG" and need < 1:
-            image.draft(None, (int(np.ceil(job.width * need)), int(np.ceil(job.height * need))))
-        image = image.convert("RGB")  # also forces the decode (truncation shows up here)
-    except Exception as exc:  # PIL raises many types for corrupt files
-        result["skip"] = ("corrupt_image", f"{path}: cannot decode ({exc})")
+        image, scale = open_for_crops(path, job.width, job.height, boxes, params)
+    except ImageSkip as skip:
+        result["skip"] = (skip.reason, str(skip))
         return result
-    scale = image.size[0] / job.width
     for person, box in zip(job.persons, boxes):
         crop = cut(image, box, params, scale)
         pixels = np.asarray(crop).reshape(-1, 3)

@@ -79,6 +79,43 @@ def cut(image: Image.Image, box: CropBox, params: CropParams = CropParams(),
                         box=(x0, y0, x1, y1))
 
 
+class ImageSkip(Exception):
+    """An image that cannot give crops: `reason` is one of missing_image, size_mismatch,
+    corrupt_image (counted by the callers, never silently lost)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def open_for_crops(path, width: int, height: int, boxes: list[CropBox],
+                   params: CropParams = CropParams()) -> tuple[Image.Image, float]:
+    """Decode an image for cutting `boxes` out of it: (RGB image, its scale to the annotated
+    size). Shard building and evaluation on detected boxes both read images through here, so
+    their crops are the same pixels."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageSkip("missing_image", f"{path}: file not found")
+    try:
+        image = Image.open(path)
+        if image.size != (width, height):
+            raise ImageSkip("size_mismatch", f"{path}: is {image.size[0]}x{image.size[1]}, "
+                            f"annotations say {width}x{height}")
+        # JPEG draft decoding (DCT scaling) is much faster for big images; ask only for as many
+        # pixels as the smallest crop needs so no crop is ever upsampled because of it.
+        need = params.size / min(b.side for b in boxes)
+        if image.format == "JPEG" and need < 1:
+            image.draft(None, (int(np.ceil(width * need)), int(np.ceil(height * need))))
+        image = image.convert("RGB")  # also forces the decode (truncation shows up here)
+    except ImageSkip:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise ImageSkip("corrupt_image", f"{path}: cannot decode ({exc})") from None
+    return image, image.size[0] / width
+
+
 def to_crop(points_xy: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     """Image pixels (..., 2) -> crop pixels."""
     return (np.asarray(points_xy, dtype=np.float64) - (box.x0, box.y0)) * (size / box.side)

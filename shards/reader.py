@@ -293,7 +293,8 @@ class EvalStream(IterableDataset):
             yield collate(batch, self.mean)
 
 
-def eval_loader(stream: EvalStream, num_workers: int = 0) -> DataLoader:
+def eval_loader(stream: IterableDataset, num_workers: int = 0) -> DataLoader:
+    """A loader of an iterable dataset that batches itself (EvalStream, BoxCrops)."""
     return DataLoader(stream, batch_size=None, num_workers=num_workers,
                       multiprocessing_context="fork" if num_workers else None,
                       pin_memory=torch.cuda.is_available())

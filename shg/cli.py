@@ -167,13 +167,21 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--step", type=int, help="the checkpoint of this step")
     g.add_argument("--best-by-loss", action="store_true",
                    help="the model with the lowest validation loss")
-    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--out", required=True, help="output .safetensors (or .onnx)")
+    p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                   help="onnx: the network (dynamic batch, opset 17) + OUT.json for decoders")
 
 
 def _export(args: argparse.Namespace) -> int:
+    best = "best_by_loss" if args.best_by_loss else "best"
+    if args.format == "onnx":
+        from .onnx_export import export_onnx
+
+        out = export_onnx(args.run, args.out, step=args.step, best=best)
+        print(f"wrote {out} and {out.with_suffix('.json')}")
+        return 0
     from .weights import export
 
-    best = "best_by_loss" if args.best_by_loss else "best"
     print(f"wrote {export(args.run, args.out, step=args.step, best=best)}")
     return 0
 
@@ -213,30 +221,56 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _eval_argv(args: argparse.Namespace) -> list[str]:
     """The arguments of this `shg eval` for `python -m shg.evaluate` (without --nproc)."""
-    argv = ["--shards", args.shards, "--split", args.split, "--out", args.out,
+    argv = ["--split", args.split, "--out", args.out,
             "--batch-size", str(args.batch_size), "--max-samples", str(args.max_samples),
-            "--workers", str(args.workers), "--decode", args.decode]
-    for flag, value in (("--run", args.run), ("--step", args.step), ("--model", args.model),
-                        ("--coco-ann", args.coco_ann)):
+            "--workers", str(args.workers), "--decode", args.decode,
+            "--box-score-threshold", str(args.box_score_threshold),
+            "--oks-nms", str(args.oks_nms).lower(),
+            "--keypoint-threshold", str(args.keypoint_threshold), "--enlarge", str(args.enlarge)]
+    for flag, value in (("--shards", args.shards), ("--run", args.run), ("--step", args.step),
+                        ("--model", args.model), ("--coco-ann", args.coco_ann),
+                        ("--boxes", args.boxes), ("--coco", args.coco)):
         if value is not None:
             argv += [flag, str(value)]
     return (argv + ["--no-flip"] * args.no_flip + ["--oracle"] * args.oracle
-            + ["--best-by-loss"] * args.best_by_loss)
+            + ["--best-by-loss"] * args.best_by_loss + ["--flip-shift"] * args.flip_shift)
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=".safetensors from `shg export`")
-    p.add_argument("image")
-    p.add_argument("--bbox", help="x,y,w,h of the person (default: the whole image)")
-    p.add_argument("--out", help="write the image with the skeleton drawn here")
+    p.add_argument("inputs", metavar="IMAGE|FOLDER")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--boxes", help="person boxes (COCO detection-results JSON; images named "
+                   "by COCO id)")
+    g.add_argument("--bbox", help="x,y,w,h of one person (default: the whole image)")
+    p.add_argument("--out", help="folder for drawn images + results.json (one image: a .png "
+                   "name, results beside it)")
     p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=0, help="loader processes")
+    evaluate_entry.add_protocol_arguments(p)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import predict
+    from .predict import PredictOptions, predict_images, print_skips
 
-    result = predict(args.model, args.image, args.bbox, args.out, flip=not args.no_flip)
-    print(json.dumps(result, indent=1))
+    summary = predict_images(PredictOptions(
+        args.model, args.inputs, out=args.out, boxes=args.boxes, bbox=args.bbox,
+        protocol=evaluate_entry.protocol_from(args), batch_size=args.batch_size,
+        num_workers=args.workers))
+    images = summary["images"]
+    if len(images) == 1:
+        (path, persons), = images.items()
+        print(json.dumps({"image": path, "persons": persons}, indent=1))
+    else:
+        persons = sum(len(p) for p in images.values())
+        print(f"{persons} persons in {len(images)} images ({summary['poses']['poses']} boxes, "
+              f"{summary['poses']['suppressed_by_oks_nms']} suppressed by OKS-NMS)")
+    if "results_file" in summary:
+        drawn = list(summary["drawn"].values())
+        print(f"results: {summary['results_file']}; drawn: "
+              f"{drawn[0] if len(drawn) == 1 else args.out}")
+    print_skips(summary)
     return 0
 
 
@@ -408,9 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     add(ssub, "info", "summarise a shard directory's manifest", _shards_info_args, _shards_info)
     add(sub, "train", "train a Stacked Hourglass (Accelerate; DDP/DeepSpeed)", _train_args,
         _train)
-    add(sub, "export", "write a run's weights as plain safetensors", _export_args, _export)
+    add(sub, "export", "write a run's weights as plain safetensors, or the network as ONNX",
+        _export_args, _export)
     add(sub, "eval", "PCK, COCO AP and a report for a trained run", _eval_args, _eval)
-    add(sub, "predict", "keypoints of one person in one image", _predict_args, _predict)
+    add(sub, "predict", "keypoints of every person in images, drawn, as COCO results",
+        _predict_args, _predict)
     analyze = sub.add_parser("analyze", help="latent PCA walks, skeleton clusters, skip ablation")
     asub = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     for name, text in (("latent", "PCA of the bottleneck latents with nearest real samples"),

@@ -3,6 +3,9 @@ starts), with the same arguments as `shg eval`.
 
     shg eval --run RUN [--best | --step N] --shards DIR --split val2017 \\
              [--coco-ann FILE] --out OUT [--no-flip] [--oracle] [--decode dark]
+    shg eval --run RUN --coco ROOT --split val2017 --boxes DETS.json --out OUT \\
+             [--box-score-threshold 0] [--oks-nms 0.9|none] [--keypoint-threshold 0.2] \\
+             [--flip-shift] [--enlarge 1.1]
     torchrun --standalone --nproc_per_node 2 -m shg.evaluate -- --run RUN ...
              (each rank reads its part, results are gathered without duplicates or losses;
              the `--` keeps torchrun from taking --run for its own --run-path)
@@ -18,6 +21,7 @@ import subprocess
 import sys
 
 from .errors import EXIT_USAGE, USER_ERRORS, UserError, one_line
+from .evaluation.protocol import Protocol
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--best-by-loss", action="store_true",
                    help="the model with the lowest validation loss (to compare the rules)")
     p.add_argument("--model", help="a .safetensors from `shg export` instead of --run")
-    p.add_argument("--shards", required=True, help="shard directory")
+    p.add_argument("--shards", help="shard directory (persons = the ground-truth boxes)")
+    p.add_argument("--boxes", help="a detector's boxes (COCO detection-results JSON) to "
+                   "evaluate on instead of the ground-truth boxes; needs --coco")
+    p.add_argument("--coco", help="COCO root with SPLIT/ images and annotations/ (for --boxes)")
     p.add_argument("--split", default="val2017")
     p.add_argument("--coco-ann", help="COCO annotation json: also compute COCO keypoint AP")
     p.add_argument("--out", required=True, help="output directory")
@@ -40,6 +47,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="loader processes")
     p.add_argument("--decode", choices=["quarter", "dark", "none"], default="quarter",
                    help="heatmap refinement (default: quarter-cell shift)")
+    add_protocol_arguments(p)
+
+
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """The COCO protocol's options (shg eval and shg predict)."""
+    d = Protocol()
+    g = p.add_argument_group("protocol (defaults are the published ones)")
+    g.add_argument("--box-score-threshold", type=float, default=d.box_score_threshold,
+                   help=f"--boxes scored below this are not evaluated (default "
+                   f"{d.box_score_threshold})")
+    g.add_argument("--oks-nms", type=_threshold_or_none, default=d.oks_nms,
+                   help=f"OKS-NMS threshold per image, or none (default {d.oks_nms})")
+    g.add_argument("--keypoint-threshold", type=float, default=d.keypoint_threshold,
+                   help="instance score = box score x mean keypoint confidence above this "
+                   f"(default {d.keypoint_threshold})")
+    g.add_argument("--flip-shift", action="store_true",
+                   help="shift the flipped heatmaps one cell (HRNet/mmpose; off: exact here)")
+    g.add_argument("--enlarge", type=float, default=d.enlarge,
+                   help=f"crop square = longer box side x this, with --boxes (default "
+                   f"{d.enlarge}, the thesis; mmpose pads 1.25)")
+
+
+def _threshold_or_none(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number in (0, 1] or none, not {text!r}") from None
 
 
 def options(args: argparse.Namespace):
@@ -49,10 +85,20 @@ def options(args: argparse.Namespace):
         raise UserError("give --run RUN (with --best or --step N), --model FILE, or --oracle")
     return EvalOptions(shards=args.shards, split=args.split, out=args.out, run=args.run,
                        step=args.step, model_file=args.model, coco_ann=args.coco_ann,
-                       flip=not args.no_flip, oracle=args.oracle, batch_size=args.batch_size,
+                       oracle=args.oracle, batch_size=args.batch_size,
                        max_samples=args.max_samples, num_workers=args.workers,
-                       refine=args.decode,
+                       refine=args.decode, protocol=protocol_from(args), boxes=args.boxes,
+                       coco_root=args.coco,
                        best="best_by_loss" if args.best_by_loss else "best")
+
+
+def protocol_from(args: argparse.Namespace) -> Protocol:
+    try:
+        return Protocol(box_score_threshold=args.box_score_threshold, oks_nms=args.oks_nms,
+                        keypoint_threshold=args.keypoint_threshold, flip=not args.no_flip,
+                        flip_shift=args.flip_shift, enlarge=args.enlarge)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def evaluate(args: argparse.Namespace) -> int:

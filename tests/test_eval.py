@@ -146,8 +146,11 @@ def test_predict_draws_and_prints(trained_run, synth_root, tmp_path, capsys):
     image = sorted((synth_root / "val2017").glob("*.jpg"))[0]
     assert shg(["predict", "--model", str(tmp_path / "m.safetensors"), str(image),
                 "--bbox", "10,10,100,200", "--out", str(tmp_path / "p.png")]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert len(result["keypoints"]) == 17 and (tmp_path / "p.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed[:printed.index("\nresults: ")])
+    (person,) = result["persons"]
+    assert len(person["keypoints"]) == 17 and (tmp_path / "p.png").stat().st_size > 0
+    assert len(json.loads((tmp_path / "p.json").read_text())) == 1
     assert shg(["predict", "--model", str(tmp_path / "m.safetensors"), str(image),
                 "--bbox", "1,2,3"]) == 2
 

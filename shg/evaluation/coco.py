@@ -1,4 +1,4 @@
-"""COCO keypoint results and COCO AP (pycocotools' COCOeval)."""
+"""COCO keypoint AP (pycocotools' COCOeval) of results made by the protocol (protocol.py)."""
 
 from __future__ import annotations
 
@@ -7,39 +7,43 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
-
 from shards.coco import load_coco
 
 AP_NAMES = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
 
 
-def coco_results(rows: list) -> list[dict]:
-    """COCO keypoint results format: one entry per evaluated person, image coordinates."""
-    results = []
-    for r in rows:
-        kps = np.concatenate([r["pred_image"], r["conf"][:, None]], 1)
-        results.append({"image_id": int(r["image_id"]), "category_id": 1,
-                        "keypoints": [round(float(v), 3) for v in kps.ravel()],
-                        "score": float(np.clip(r["conf"], 0, None).mean())})
-    return results
-
-
-def coco_eval(ann_file: str, results: list, out: Path) -> dict:
+def coco_eval(ann_file: str, results: list, out: Path, about: dict,
+              image_ids: list[int] | None = None) -> dict:
+    """COCOeval over `image_ids` (default: the images with results, which is right for ground-
+    truth boxes; with detections every image of the annotation file counts, so a person the
+    detector missed is a miss). `about` (boxes, protocol) is written into coco_eval.json."""
     from pycocotools.cocoeval import COCOeval
 
     coco_gt, _ = load_coco(ann_file)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        coco_dt = coco_gt.loadRes(results)
-        ev = COCOeval(coco_gt, coco_dt, "keypoints")
-        ev.params.imgIds = sorted({r["image_id"] for r in results})
+        ev = COCOeval(coco_gt, coco_gt.loadRes(results) if results else _empty(coco_gt),
+                      "keypoints")
+        ev.params.imgIds = sorted(image_ids if image_ids is not None
+                                  else {r["image_id"] for r in results})
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = {n: float(v) for n, v in zip(AP_NAMES, ev.stats)}
-    stats["note"] = ("ground-truth person boxes were used (no detector); images: "
-                     f"{len(ev.params.imgIds)}")
+    stats = {n: float(v) for n, v in zip(AP_NAMES, ev.stats)}  # -1: no ground truth to score
+    stats["images"] = len(ev.params.imgIds)
+    stats.update(about)
     (out / "coco_eval.json").write_text(json.dumps(stats, indent=1))
     (out / "coco_eval.txt").write_text(buf.getvalue())
     return stats
+
+
+def _empty(coco_gt):
+    """No result survived: an empty result set scores 0 (pycocotools' loadRes refuses [])."""
+    from pycocotools.coco import COCO
+
+    empty = COCO()
+    empty.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                     "categories": coco_gt.dataset.get("categories", [])}
+    with contextlib.redirect_stdout(io.StringIO()):
+        empty.createIndex()
+    return empty

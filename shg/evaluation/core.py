@@ -63,31 +63,38 @@ def split_batches(shards: str, split: str, batch_size: int, *, rank: int | None 
     return eval_loader(stream, num_workers=num_workers)
 
 
-def progress_bar(shards: str, split: str, limit: int | None, world: int, enabled: bool,
-                 desc: str):
+def progress_bar(shards: str | None, split: str, limit: int | None, world: int, enabled: bool,
+                 desc: str, total: int | None = None):
+    """A bar over this rank's share of a split (or of `total` crops when given)."""
     from tqdm import tqdm
 
-    total = split_entry(shards, split)["num_samples"]
-    total = min(total, limit or total)
+    if total is None:
+        total = split_entry(shards, split)["num_samples"]
+        total = min(total, limit or total) // world
     # In a log file (Slurm) a bar that redraws often is megabytes of noise: redraw rarely.
-    return tqdm(total=total // world, disable=not enabled, unit="crop", desc=desc,
+    return tqdm(total=total, disable=not enabled, unit="crop", desc=desc,
                 mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
 
 @torch.no_grad()
-def forward_heatmaps(model, images: torch.Tensor, flip: bool
+def forward_heatmaps(model, images: torch.Tensor, flip: bool, flip_shift: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(every stack's output (N, S, K, H, W), the last stack's heatmaps (N, K, H, W) in fp32,
-    averaged with the flipped input's when `flip`)."""
+    averaged with the flipped input's when `flip`; `flip_shift` moves the flipped heatmaps one
+    cell right first, as HRNet and mmpose do for their pixel convention)."""
     out = model(images)
     heat = out[:, -1].float()
     if flip:
-        heat = 0.5 * (heat + flip_back(model(images.flip(-1))[:, -1].float(), FLIP_INDEX))
+        flipped = flip_back(model(images.flip(-1))[:, -1].float(), FLIP_INDEX)
+        if flip_shift:
+            flipped[..., 1:] = flipped[..., :-1].clone()
+        heat = 0.5 * (heat + flipped)
     return out, heat
 
 
 @torch.no_grad()
-def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, refine: str = "quarter",
+def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, flip_shift: bool = False,
+                 refine: str = "quarter",
                  device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
                  channels_last: bool = False, with_loss: bool = False, bar=None
                  ) -> Iterator[dict]:
@@ -96,13 +103,15 @@ def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, refine: 
     `model=None` decodes the ground-truth target heatmaps (the oracle). `with_loss` adds each
     sample's training loss (all stacks, no flip) as row["loss"]."""
     for batch in batches:
+        if not batch["key"]:  # a loader worker reporting unreadable images only
+            continue
         loss = None
         if model is None:
             heat = batch["heatmaps"]
         else:
             images = model_input(batch, device, channels_last)
             with autocast():
-                out, heat = forward_heatmaps(model, images, flip)
+                out, heat = forward_heatmaps(model, images, flip, flip_shift)
             if with_loss:
                 loss = heatmap_loss(out, batch["heatmaps"].to(device),
                                     batch["weights"].to(device), reduction="none").cpu()
@@ -115,12 +124,21 @@ def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, refine: 
                    "pred_crop": coords[i].numpy(), "conf": conf[i].numpy(),
                    "pred_image": to_image(coords[i].numpy(), meta["affine"]),
                    "gt_crop": kps[:, :2], "visible": kps[:, 2] > 0,
-                   "bbox": meta["bbox"], "affine": meta["affine"], "area": meta["area"]}
+                   "bbox": meta["bbox"], "affine": meta["affine"], "area": meta["area"],
+                   "box_score": meta.get("score", 1.0), "crop_size": crop_size}
             if loss is not None:
                 row["loss"] = float(loss[i])
             yield row
         if bar is not None:
             bar.update(len(batch["key"]))
+
+
+def noting_problems(batches: Iterable[dict], problems: list) -> Iterator[dict]:
+    """The batches, with the unreadable images they report (BoxCrops' "problems") moved into
+    `problems`."""
+    for batch in batches:
+        problems.extend(batch.pop("problems", []))
+        yield batch
 
 
 def gather_rows(rows: list[dict]) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +116,63 @@ def write_report(rows: list, summary: dict, out: Path, shards: str, split: str) 
         cells = " | ".join(f"{(data['mean'][str(t)] or 0):.3f}" for t in pck["thresholds"])
         lines.append(f"| {name} | {cells} | {data['auc']:.3f} |")
     lines += ["", f"EPE: {pck['epe_image_px']:.2f} px in the original images.", ""]
-    if "coco" in summary:
-        c = summary["coco"]
-        lines += ["COCO keypoint AP with ground-truth boxes: "
-                  + ", ".join(f"{k} {c[k]:.3f}" for k in ("AP", "AP50", "AP75", "APm", "APl",
-                                                          "AR")), ""]
+    lines += coco_lines(summary)
     lines += ["![PCK per joint](pck_per_joint.png)", "", "![PCK curves](pck_curve.png)", "",
               "Worst cases first (green: ground truth, red: prediction):", "",
               "![worst cases](worst_cases.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def coco_lines(summary: dict) -> list[str]:
+    """The report's COCO section: which boxes, the protocol, AP (when computed)."""
+    p = summary["protocol"]
+    lines = [f"Boxes: {boxes_line(summary['boxes'])}.", "",
+             "| protocol | value |", "|---|---|",
+             f"| box score threshold | {p['box_score_threshold']} |",
+             f"| OKS-NMS | {p['oks_nms'] if p['oks_nms'] is not None else 'none'} |",
+             f"| instance score | box score x mean keypoint confidence above "
+             f"{p['keypoint_threshold']} |",
+             f"| flip test | {'yes' if p['flip'] else 'no'}"
+             f"{', one-cell shift' if p['flip'] and p['flip_shift'] else ''} |",
+             f"| crop enlargement | {p['enlarge']} |", "",
+             f"Poses: {summary['poses']['poses']}, suppressed by OKS-NMS: "
+             f"{summary['poses']['suppressed_by_oks_nms']}, results: "
+             f"{summary['poses']['results']}.", ""]
+    if "coco" in summary:
+        c = summary["coco"]
+        lines += [f"COCO keypoint AP over {c['images']} images: "
+                  + ", ".join(f"{k} {c[k]:.3f}" for k in ("AP", "AP50", "AP75", "APm", "APl",
+                                                          "AR")), ""]
+    return lines
+
+
+def write_boxes_report(summary: dict, out: Path) -> None:
+    """report.md of an evaluation on a detector's boxes (no PCK: no ground-truth person per
+    box); the boxes dropped, with one example each."""
+    boxes = summary["boxes"]
+    lines = [f"# Evaluation of {summary.get('model') or 'ground-truth heatmaps (oracle)'} on "
+             f"detected boxes", "", f"Split `{summary['split']}`, boxes from "
+             f"`{boxes['source']}`: {summary['samples']} person crops evaluated.", ""]
+    lines += coco_lines(summary)
+    if boxes.get("dropped") or boxes.get("images_unreadable"):
+        lines += ["| not evaluated | boxes | first case |", "|---|---|---|"]
+        for reason, n in sorted(boxes.get("dropped", {}).items()):
+            lines.append(f"| {reason} | {n} | {boxes['examples'].get(reason, '')} |")
+        for reason, e in sorted(boxes.get("images_unreadable", {}).items()):
+            lines.append(f"| {reason} ({e['images']} images) | {e['boxes']} | {e['example']} |")
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def boxes_line(boxes: dict) -> str:
+    """Which boxes were evaluated, in one line (kept and dropped, with reasons)."""
+    if boxes.get("boxes_in_file") is None:
+        return f"{boxes.get('source', 'ground truth')}, {boxes.get('kept', 0)} persons"
+    dropped = Counter(boxes.get("dropped", {}))
+    for reason, entry in boxes.get("images_unreadable", {}).items():
+        dropped[reason] += entry["boxes"]
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
+    unreadable = sum(e["boxes"] for e in boxes.get("images_unreadable", {}).values())
+    return (f"{Path(boxes['source']).name}: {boxes['kept'] - unreadable} of "
+            f"{boxes['boxes_in_file']} evaluated"
+            + (f", {sum(dropped.values())} not ({why})" if dropped else ""))

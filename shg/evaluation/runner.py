@@ -2,46 +2,71 @@
 
 Predictions are decoded from the last stack's heatmaps (argmax + quarter-cell shift, or DARK),
 averaged with the horizontally flipped input's heatmaps (flip test, on by default), and mapped
-back to original image pixels through each crop's stored affine. COCO AP uses the ground-truth
-person boxes (this is a single-person pose estimator given the person), not a detector's.
-`oracle` decodes the ground-truth target heatmaps instead of a model's: the upper bound of the
-whole encode -> decode -> back-projection pipeline. Under torch.distributed every rank reads
-its part and rank 0 writes the gathered results.
+back to original image pixels through each crop's stored affine. Persons come from the shards'
+ground-truth boxes, or with `boxes` from a detector's boxes file, cut from the original images
+on the fly (shards/detections.py); either way the poses become COCO results through the same
+protocol (rescoring, OKS-NMS: protocol.py). PCK needs a ground-truth person per crop, so it is
+computed with ground-truth boxes only. `oracle` decodes the ground-truth target heatmaps
+instead of a model's: the upper bound of the whole encode -> decode -> back-projection
+pipeline (with boxes: of the annotated person each box overlaps best). Under torch.distributed
+every rank reads its part and rank 0 writes the gathered results.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from shards.keypoints import NAMES
-from shards.manifest import split_entry
-from shards.reader import dist_rank_world
+from shards.manifest import DataError, split_entry
+from shards.reader import dist_rank_world, eval_loader
 
 from ..errors import UserError
-from .coco import coco_eval, coco_results
-from .core import ModelOnSplit, gather_rows, normalisations, predict_rows, progress_bar, \
-    split_batches, visible
+from . import protocol as post
+from .coco import coco_eval
+from .core import ModelOnSplit, gather_rows, normalisations, noting_problems, predict_rows, \
+    progress_bar, split_batches, visible
 from .pck import epe, pck, pck_curve
+from .report import boxes_line
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.5)
+ORACLE_IOU = 0.5
+"""With boxes, the oracle decodes the annotated person a box overlaps with IoU >= this."""
 
 
 @dataclass
 class EvalOptions(ModelOnSplit):
     coco_ann: str | None = None
-    flip: bool = True
     oracle: bool = False
     batch_size: int = 32
     max_samples: int = 0
     num_workers: int = 1
     refine: str = "quarter"
     """Heatmap decoding: "quarter" (Newell), "dark" (Zhang et al. 2020) or "none"."""
+    protocol: post.Protocol = field(default_factory=post.Protocol)
+    boxes: str | None = None
+    """A detection-results JSON: evaluate on its person boxes instead of the shards' GT boxes."""
+    coco_root: str | None = None
+    """With `boxes`: the COCO root (images in ROOT/SPLIT/, annotations in
+    ROOT/annotations/person_keypoints_SPLIT.json unless coco_ann names them)."""
+
+    def __post_init__(self) -> None:
+        if self.boxes:
+            if not self.coco_root:
+                raise UserError("--boxes needs --coco ROOT (the images to cut the boxes from)")
+            if self.max_samples:
+                raise UserError("--max-samples works on shards; with --boxes make a smaller "
+                                "boxes file instead")
+            self.coco_ann = self.coco_ann or str(
+                Path(self.coco_root) / "annotations" / f"person_keypoints_{self.split}.json")
+        elif not self.shards:
+            raise UserError("give --shards DIR (ground-truth boxes) or --boxes DETS.json with "
+                            "--coco ROOT (a detector's boxes)")
 
 
 def _device() -> torch.device:
@@ -52,40 +77,124 @@ def _device() -> torch.device:
 
 def run_eval(opts: EvalOptions) -> dict:
     """Evaluate; returns the summary on rank 0 ({} on the other ranks)."""
-    split_entry(opts.shards, opts.split)  # clear error for a missing/empty split
     rank, world = dist_rank_world()
     model = meta = source = None
     device = _device()
     if not opts.oracle:
         model, meta, source = opts.load_model()
         model.to(device)
-    batches = split_batches(opts.shards, opts.split, opts.batch_size, rank=rank, world=world,
-                            mean=(meta or {}).get("mean_rgb"), limit=opts.max_samples,
-                            num_workers=opts.num_workers)
-    bar = progress_bar(opts.shards, opts.split, opts.max_samples, world, rank == 0, "eval")
-    rows = list(predict_rows(model, batches, flip=opts.flip, refine=opts.refine, device=device,
-                             bar=bar))
+    mean = (meta or {}).get("mean_rgb")
+    if opts.boxes:
+        batches, total, boxes_info = _detection_batches(opts, meta, mean, rank, world)
+    else:
+        total, boxes_info = None, _shard_boxes(opts)
+        batches = split_batches(opts.shards, opts.split, opts.batch_size, rank=rank,
+                                world=world, mean=mean, limit=opts.max_samples,
+                                num_workers=opts.num_workers)
+    bar = progress_bar(opts.shards, opts.split, opts.max_samples, world, rank == 0, "eval",
+                       total=total)
+    problems: list = []
+    rows = list(predict_rows(model, noting_problems(batches, problems),
+                             flip=opts.protocol.flip, flip_shift=opts.protocol.flip_shift,
+                             refine=opts.refine, device=device, bar=bar))
     bar.close()
-    rows = gather_rows(rows)
+    rows, problems = gather_rows(rows), _gather(problems)
     if rank != 0:
         return {}
-    if not rows:
+    if opts.boxes:
+        boxes_info["images_unreadable"] = _count_problems(problems)
+    elif not rows:
         raise UserError(f"{opts.shards}: split '{opts.split}' gave no samples to evaluate")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = write_pck(rows, out)
-    results = coco_results(rows)
+    results, counts = post.apply(rows, opts.protocol)
     (out / "coco_results.json").write_text(json.dumps(results))
-    if opts.coco_ann:
-        summary["coco"] = coco_eval(opts.coco_ann, results, out)
-    summary.update({"samples": len(rows), "split": opts.split, "flip_test": opts.flip,
+    about = {"boxes": boxes_info, "protocol": opts.protocol.as_dict(), "poses": counts}
+    summary = {} if opts.boxes else write_pck(rows, out)
+    summary.update({"samples": len(rows), "split": opts.split, "flip_test": opts.protocol.flip,
                     "decode": opts.refine, "oracle": opts.oracle,
-                    "model": None if opts.oracle else str(source)})
-    from .report import write_report
+                    "model": None if opts.oracle else str(source), **about})
+    if opts.coco_ann:
+        image_ids = _annotated_images(opts.coco_ann) if opts.boxes else None
+        summary["coco"] = coco_eval(opts.coco_ann, results, out, about, image_ids)
+    from .report import write_boxes_report, write_report
 
-    write_report(rows, summary, out, opts.shards, opts.split)
+    if opts.boxes:
+        write_boxes_report(summary, out)
+    else:
+        write_report(rows, summary, out, opts.shards, opts.split)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _shard_boxes(opts: EvalOptions) -> dict:
+    """The ground-truth boxes of the shards; their crops were cut with the shards' enlargement,
+    so a different `protocol.enlarge` is an error rather than a silently ignored option."""
+    entry = split_entry(opts.shards, opts.split)  # clear error for a missing/empty split
+    enlarge = entry.get("crop", {}).get("enlarge", opts.protocol.enlarge)
+    if abs(enlarge - opts.protocol.enlarge) > 1e-9:
+        if opts.protocol.enlarge != post.Protocol().enlarge:
+            raise UserError(f"{opts.shards}: the shards were cut with enlarge {enlarge}, not "
+                            f"{opts.protocol.enlarge}: build shards with that enlargement, or "
+                            "evaluate on boxes (--boxes)")
+        opts.protocol.enlarge = enlarge
+    return {"source": "ground truth (shards)", "shards": str(opts.shards),
+            "kept": min(entry["num_samples"], opts.max_samples or entry["num_samples"])}
+
+
+def _detection_batches(opts: EvalOptions, meta: dict | None, mean, rank: int, world: int):
+    """(loader over this rank's crops of the boxes file, their number, what the file gave)."""
+    from shards.coco import load_coco
+    from shards.crop import CropParams
+    from shards.detections import BoxCrops, ImageInfo, load_detections
+
+    coco, _ = load_coco(opts.coco_ann)
+    images = {}
+    for image_id, im in coco.imgs.items():
+        persons = None
+        if opts.oracle:
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+            persons = [(a["bbox"], np.asarray(a["keypoints"], float).reshape(-1, 3))
+                       for a in anns if a.get("num_keypoints", 0) > 0]
+        images[image_id] = ImageInfo(im["file_name"], im["width"], im["height"], persons)
+    try:
+        dets = load_detections(opts.boxes, {i: (v.width, v.height) for i, v in images.items()},
+                               opts.protocol.box_score_threshold)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    params = CropParams(size=int((meta or {}).get("crop_size", 256)),
+                        enlarge=opts.protocol.enlarge)
+    crops = BoxCrops(dets, images, Path(opts.coco_root) / opts.split, params, opts.batch_size,
+                     mean if mean is not None else (0.0, 0.0, 0.0), rank=rank, world=world,
+                     oracle_iou=ORACLE_IOU if opts.oracle else None)
+    info = dets.summary()
+    info["images"] = len({d.image_id for d in dets.boxes})
+    return eval_loader(crops, opts.num_workers), len(crops), info
+
+
+def _annotated_images(ann_file: str) -> list[int]:
+    from shards.coco import load_coco
+
+    return sorted(load_coco(ann_file)[0].imgs)
+
+
+def _gather(items: list) -> list:
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, items)
+        return [x for p in parts for x in p]
+    return items
+
+
+def _count_problems(problems: list) -> dict:
+    """{reason: {"images": n, "boxes": n, "example": message}} of the unreadable images."""
+    out: dict = {}
+    for reason, boxes, message in problems:
+        entry = out.setdefault(reason, {"images": 0, "boxes": 0, "example": message})
+        entry["images"] += 1
+        entry["boxes"] += boxes
+    return out
 
 
 def write_pck(rows: list, out: Path) -> dict:
@@ -125,15 +234,20 @@ def _clean(values) -> list:
 
 
 def print_summary(summary: dict) -> None:
-    print(f"\n{summary['samples']} samples of {summary['split']}"
+    boxes = summary.get("boxes", {})
+    print(f"\n{summary['samples']} person crops of {summary['split']}"
           f"{' (oracle: ground-truth heatmaps)' if summary['oracle'] else ''}"
-          f"{', flip test' if summary['flip_test'] and not summary['oracle'] else ''}")
-    print(f"{'PCK':<10}" + "".join(f"{'@' + str(t):>9}" for t in THRESHOLDS) + f"{'AUC':>9}")
-    for name, values in summary["pck"].items():
-        cells = "".join(f"{(values[str(t)] or 0):>9.3f}" for t in THRESHOLDS)
-        print(f"{name:<10}{cells}{summary['auc'][name]:>9.3f}")
-    print(f"EPE: {summary['epe_image_px']:.2f} image px")
+          f"{', flip test' if summary['flip_test'] and not summary['oracle'] else ''}; "
+          f"boxes: {boxes_line(boxes)}")
+    if "pck" in summary:
+        print(f"{'PCK':<10}" + "".join(f"{'@' + str(t):>9}" for t in THRESHOLDS)
+              + f"{'AUC':>9}")
+        for name, values in summary["pck"].items():
+            cells = "".join(f"{(values[str(t)] or 0):>9.3f}" for t in THRESHOLDS)
+            print(f"{name:<10}{cells}{summary['auc'][name]:>9.3f}")
+        print(f"EPE: {summary['epe_image_px']:.2f} image px")
     if "coco" in summary:
         c = summary["coco"]
-        print("COCO keypoints (GT boxes): " + "  ".join(
-            f"{k} {c[k]:.3f}" for k in ("AP", "AP50", "AP75", "APm", "APl", "AR")))
+        print(f"COCO keypoints ({'detected' if boxes.get('boxes_in_file') is not None else 'GT'}"
+              " boxes): " + "  ".join(f"{k} {c[k]:.3f}"
+                                     for k in ("AP", "AP50", "AP75", "APm", "APl", "AR")))

@@ -86,7 +86,8 @@ class Trainer:
         self.progress = Progress()
         self.metadata = {"model": unwrap(self.model, self.accelerator).config(),
                          "mean_rgb": train_split["mean_rgb"],
-                         "crop_size": train_split["crop"]["size"], "sigma": cfg.data.sigma}
+                         "crop_size": train_split["crop"]["size"],
+                         "crop_enlarge": train_split["crop"]["enlarge"], "sigma": cfg.data.sigma}
         self.logger = None
         self.stopped_by_signal = False
         self._skipped_pending = 0

@@ -1,0 +1,90 @@
+"""`shg predict` on many persons and images: boxes from a file, batched, drawn, one COCO
+results JSON; the same crops and numbers as `shg eval --boxes`."""
+
+import json
+
+import pytest
+
+from shg.cli import main as shg
+
+
+@pytest.fixture(scope="module")
+def model(trained_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("predict") / "m.safetensors"
+    assert shg(["export", "--run", str(trained_run), "--out", str(path)]) == 0
+    return path
+
+
+def test_every_person_of_a_folder_with_boxes(model, coco_sample, tmp_path, capsys):
+    mm = coco_sample.parent / "coco-mmpose"
+    if not (mm / "test_coco.json").is_file():
+        pytest.skip("coco-mmpose sample not found")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in mm.glob("*.jpg"):
+        (folder / image.name).symlink_to(image)
+    (folder / "000000000999.jpg").write_bytes(b"not an image at all")
+    gt = json.loads((mm / "test_coco.json").read_text())
+    boxes = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+             for a in gt["annotations"] if not a.get("iscrowd")]
+    boxes.append({"image_id": 999, "category_id": 1, "bbox": [1, 1, 10, 10], "score": 0.9})
+    (tmp_path / "dets.json").write_text(json.dumps(boxes))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    # the unreadable file is refused up front with its name (its size cannot be read)
+    assert shg(["predict", "--model", str(model), str(folder), "--boxes",
+                str(tmp_path / "dets.json"), "--out", str(out)]) == 2
+    assert "000000000999.jpg: cannot read the image" in capsys.readouterr().err
+    (folder / "000000000999.jpg").unlink()
+    assert shg(["predict", "--model", str(model), str(folder), "--boxes",
+                str(tmp_path / "dets.json"), "--out", str(out), "--oks-nms", "none",
+                "--batch-size", "5"]) == 0
+    printed = capsys.readouterr().out
+    people = len(boxes) - 1
+    assert f"{people} persons in 4 images" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == people
+    assert sorted({r["image_id"] for r in results}) == sorted(i["id"] for i in gt["images"])
+    assert all(len(r["keypoints"]) == 51 for r in results)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        f"{p.stem}.png" for p in mm.glob("*.jpg"))
+    # COCO results are loadable by pycocotools against the ground truth
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(mm / "test_coco.json"))
+    assert len(coco.loadRes(str(out / "results.json")).anns) == people
+
+
+def test_predict_matches_eval_on_the_same_boxes(model, synth_root, synth_shards, tmp_path):
+    from tests.test_boxes_eval import _gt_boxes
+
+    boxes = _gt_boxes(synth_shards)
+    (tmp_path / "dets.json").write_text(json.dumps(boxes))
+    assert shg(["eval", "--model", str(model), "--coco", str(synth_root), "--split", "val2017",
+                "--boxes", str(tmp_path / "dets.json"), "--out", str(tmp_path / "ev")]) == 0
+    assert shg(["predict", "--model", str(model), str(synth_root / "val2017"), "--boxes",
+                str(tmp_path / "dets.json"), "--out", str(tmp_path / "pr"),
+                "--workers", "2"]) == 0
+    ev = json.loads((tmp_path / "ev" / "coco_results.json").read_text())
+    pr = json.loads((tmp_path / "pr" / "results.json").read_text())
+    key = lambda r: (r["image_id"], r["keypoints"], r["score"])  # noqa: E731
+    assert len(pr) == len(ev) and sorted(map(key, pr)) == sorted(map(key, ev))
+
+
+def test_one_image_whole_or_one_box(model, synth_root, tmp_path, capsys):
+    image = sorted((synth_root / "val2017").glob("*.jpg"))[0]
+    capsys.readouterr()
+    assert shg(["predict", "--model", str(model), str(image), "--out",
+                str(tmp_path / "whole.png")]) == 0
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert len(whole) == 1 and (tmp_path / "whole.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as both:  # one source of boxes at a time (argparse)
+        shg(["predict", "--model", str(model), str(image), "--bbox", "0,0,1,1", "--boxes",
+             "x.json"])
+    assert both.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    assert shg(["predict", "--model", str(model), str(tmp_path / "none.jpg")]) == 2
+    assert "image or folder not found" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert shg(["predict", "--model", str(model), str(empty)]) == 2
+    assert "no images" in capsys.readouterr().err
