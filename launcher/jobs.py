@@ -88,6 +88,9 @@ def evaluate(options: dict) -> dict:
     from shg.evaluation.runner import EvalOptions, print_summary, run_eval
 
     _announce("shg eval")
+    if options.get("coco_ann") is None and options.get("shards"):
+        options = {**options, "coco_ann": _annotation_file(options["shards"],
+                                                          options.get("split", "val2017"))}
     summary = run_eval(EvalOptions(**options))
     print_summary(summary)
     sys.stdout.flush()
@@ -122,10 +125,18 @@ def ae_compare(run: str, baseline: str, finetuned: str, out: str) -> dict:
     return write_comparison(run, baseline, finetuned, out)
 
 
+def _annotation_file(shards: str, split: str) -> str | None:
+    """The COCO annotation file the split's shards were built from, when it is still there
+    (the evaluation jobs then also report COCO AP)."""
+    from shards.manifest import split_entry
+
+    ann = split_entry(shards, split).get("source", {}).get("annotation_file")
+    return ann if ann and os.path.isfile(ann) else None
+
+
 def evaluate_variant(run: str, shards: str, best_by_loss: bool) -> dict:
     """A study variant's evaluation job: `shg eval` of best/ (and best_by_loss/) on val2017,
     with COCO AP when the annotation file the shards were built from is still there."""
-    from shards.manifest import split_entry
     from shg.evaluation.runner import EvalOptions, print_summary, run_eval
     from shg.study import EVAL_DIRS, training_finished
 
@@ -133,12 +144,12 @@ def evaluate_variant(run: str, shards: str, best_by_loss: bool) -> dict:
     if not training_finished(run):
         raise RuntimeError(f"{run}: its training did not finish (no summary.json): nothing to "
                            "evaluate")
-    ann = split_entry(shards, "val2017").get("source", {}).get("annotation_file")
+    ann = _annotation_file(shards, "val2017")
     summaries = {}
     for which in ("best", "best_by_loss") if best_by_loss else ("best",):
         summaries[which] = run_eval(EvalOptions(
             shards=shards, split="val2017", out=f"{run}/{EVAL_DIRS[which]}", run=run,
-            best=which, coco_ann=ann if ann and os.path.isfile(ann) else None))
+            best=which, coco_ann=ann))
         print(f"== {which}/", flush=True)
         print_summary(summaries[which])
     sys.stdout.flush()

@@ -226,10 +226,11 @@ def _eval_argv(args: argparse.Namespace) -> list[str]:
             "--workers", str(args.workers), "--decode", args.decode,
             "--box-score-threshold", str(args.box_score_threshold),
             "--oks-nms", str(args.oks_nms).lower(),
-            "--keypoint-threshold", str(args.keypoint_threshold), "--enlarge", str(args.enlarge)]
+            "--keypoint-threshold", str(args.keypoint_threshold)]
     for flag, value in (("--shards", args.shards), ("--run", args.run), ("--step", args.step),
                         ("--model", args.model), ("--coco-ann", args.coco_ann),
-                        ("--boxes", args.boxes), ("--coco", args.coco)):
+                        ("--boxes", args.boxes), ("--coco", args.coco),
+                        ("--enlarge", args.enlarge)):
         if value is not None:
             argv += [flag, str(value)]
     return (argv + ["--no-flip"] * args.no_flip + ["--oracle"] * args.oracle

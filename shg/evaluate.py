@@ -5,7 +5,7 @@ starts), with the same arguments as `shg eval`.
              [--coco-ann FILE] --out OUT [--no-flip] [--oracle] [--decode dark]
     shg eval --run RUN --coco ROOT --split val2017 --boxes DETS.json --out OUT \\
              [--box-score-threshold 0] [--oks-nms 0.9|none] [--keypoint-threshold 0.2] \\
-             [--flip-shift] [--enlarge 1.1]
+             [--flip-shift] [--enlarge E]
     torchrun --standalone --nproc_per_node 2 -m shg.evaluate -- --run RUN ...
              (each rank reads its part, results are gathered without duplicates or losses;
              the `--` keeps torchrun from taking --run for its own --run-path)
@@ -65,8 +65,8 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip-shift", action="store_true",
                    help="shift the flipped heatmaps one cell (HRNet/mmpose; off: exact here)")
     g.add_argument("--enlarge", type=float, default=d.enlarge,
-                   help=f"crop square = longer box side x this, with --boxes (default "
-                   f"{d.enlarge}, the thesis; mmpose pads 1.25)")
+                   help="crop square = longer box side x this, with boxes (default: as the "
+                   "model's training crops, the thesis's 1.1; mmpose pads 1.25)")
 
 
 def _threshold_or_none(text: str) -> float | None:

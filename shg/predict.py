@@ -129,7 +129,8 @@ def predict_images(opts: PredictOptions) -> dict:
     dets, images, paths = plan(opts, files)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    params = CropParams(size=int(meta.get("crop_size", 256)), enlarge=opts.protocol.enlarge)
+    params = CropParams(size=int(meta.get("crop_size", 256)),
+                        enlarge=post.resolved_enlarge(opts.protocol, meta))
     crops = BoxCrops(dets, images, "", params, opts.batch_size,
                      meta.get("mean_rgb", [0.0, 0.0, 0.0]))
     problems: list = []

@@ -165,6 +165,7 @@ def test_detections_protocol_end_to_end_on_real_coco(coco_sample, val_shards, tm
                   "score": 0.9})
     (tmp_path / "noisy.json").write_text(json.dumps(noisy))
     det = _eval([*common, str(tmp_path / "noisy.json")], tmp_path / "noisy")
+    assert det["protocol"]["enlarge"] == 1.1  # no model: the thesis's crops
     assert abs(det["coco"]["AP"] - gt["coco"]["AP"]) < 0.02, (det["coco"], gt["coco"])
     assert det["boxes"]["dropped"] == {"other_category": 1}
     assert det["samples"] == 3 * len(boxes) + 5
@@ -241,3 +242,32 @@ def test_boxes_evaluation_on_two_ranks_sees_every_box_once(coco_sample, val_shar
     assert two["coco"]["AP"] == one["coco"]["AP"]
     assert json.loads((tmp_path / "two" / "coco_results.json").read_text()) == \
         json.loads((tmp_path / "one" / "coco_results.json").read_text())
+
+
+def test_another_enlargement_than_the_shards_is_an_error(val_shards, tmp_path, capsys):
+    assert shg(["eval", "--oracle", "--shards", str(val_shards), "--split", "val2017",
+                "--enlarge", "1.25", "--out", str(tmp_path / "o")]) == 2
+    assert "cut with enlarge 1.1, not 1.25" in capsys.readouterr().err
+    s = _eval(["--oracle", "--shards", str(val_shards), "--split", "val2017", "--enlarge",
+               "1.1"], tmp_path / "same")
+    assert s["protocol"]["enlarge"] == 1.1
+
+
+def test_boxes_are_cut_as_the_model_was_trained(trained_run, synth_shards, synth_root,
+                                                tmp_path):
+    from shg.weights import load_weights, locate, save_weights
+
+    tensors, meta = load_weights(locate(trained_run))
+    assert meta["crop_enlarge"] == 1.1  # written by training, from the shards
+    save_weights(tmp_path / "m.safetensors", tensors, {**meta, "crop_enlarge": 1.25})
+    boxes = _gt_boxes(synth_shards)[:4]
+    (tmp_path / "d.json").write_text(json.dumps(boxes))
+    args = ["--model", str(tmp_path / "m.safetensors"), "--coco", str(synth_root), "--split",
+            "val2017", "--boxes", str(tmp_path / "d.json")]
+    own = _eval(args, tmp_path / "own")
+    assert own["protocol"]["enlarge"] == 1.25
+    given = _eval([*args, "--enlarge", "1.1"], tmp_path / "given")
+    assert given["protocol"]["enlarge"] == 1.1
+    a = json.loads((tmp_path / "own" / "coco_results.json").read_text())
+    b = json.loads((tmp_path / "given" / "coco_results.json").read_text())
+    assert [r["keypoints"] for r in a] != [r["keypoints"] for r in b]  # other crops

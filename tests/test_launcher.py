@@ -88,6 +88,8 @@ def test_pipeline_through_the_local_executor(synth_root, tmp_path, capsys):
     state = json.loads((run / "checkpoints" / "step-00000004" / "state.json").read_text())
     assert state["world_size"] == 2  # tasks_per_node = 2 in local.toml
     assert (run / "eval" / "pck.json").exists()
+    # the eval job found the annotation file the shards were built from: COCO AP too
+    assert json.loads((run / "eval" / "coco_eval.json").read_text())["images"] > 0
     for name in ("latent", "skips", "skeletons"):
         assert (run / "analysis" / name).is_dir()
     capsys.readouterr()

@@ -19,7 +19,7 @@ import numpy as np
 @dataclass
 class Protocol:
     """How predicted poses become COCO results (each default is the published one, except
-    `enlarge`, the thesis's)."""
+    `enlarge`: the model's own crops, the thesis's 1.1 by default)."""
 
     box_score_threshold: float = 0.0
     """Detected boxes scored below this are not evaluated (counted as dropped)."""
@@ -33,9 +33,10 @@ class Protocol:
     """Shift the flipped heatmaps one cell right before averaging, as HRNet and mmpose do.
     Off by default: with this toolkit's cell convention (cell j covers crop pixels
     [4j, 4j + 4)) mirroring the heatmap is exact and the shift would move every joint."""
-    enlarge: float = 1.10
-    """Crop square = longer box side x this (the thesis: 1.1; mmpose pads 1.25). With ground-
-    truth boxes it is fixed by the shards."""
+    enlarge: float | None = None
+    """Crop square = longer box side x this (the thesis: 1.1; mmpose pads 1.25). None: the
+    crops the model was trained on (its metadata; 1.1 when unknown). With ground-truth boxes
+    it is fixed by the shards."""
 
     def __post_init__(self) -> None:
         if self.oks_nms is not None and not 0 < self.oks_nms <= 1:
@@ -43,7 +44,7 @@ class Protocol:
         if not 0 <= self.keypoint_threshold < 1:
             raise ValueError(f"keypoint_threshold must be in [0, 1), not "
                              f"{self.keypoint_threshold}")
-        if self.enlarge < 1:
+        if self.enlarge is not None and self.enlarge < 1:
             raise ValueError(f"enlarge must be >= 1 (the crop holds the box), not {self.enlarge}")
 
     def as_dict(self) -> dict:
@@ -117,3 +118,13 @@ def apply(rows: list[dict], protocol: Protocol) -> tuple[list[dict], dict]:
                             "score": round(scores[i], 6)})
     return results, {"poses": len(rows), "suppressed_by_oks_nms": len(rows) - len(kept),
                      "results": len(results)}
+
+
+THESIS_ENLARGE = 1.10
+
+
+def resolved_enlarge(protocol: Protocol, meta: dict | None) -> float:
+    """The crop enlargement to cut boxes with: the option, else the model's training crops'."""
+    if protocol.enlarge is not None:
+        return protocol.enlarge
+    return float((meta or {}).get("crop_enlarge", THESIS_ENLARGE))

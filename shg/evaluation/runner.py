@@ -131,13 +131,12 @@ def _shard_boxes(opts: EvalOptions) -> dict:
     """The ground-truth boxes of the shards; their crops were cut with the shards' enlargement,
     so a different `protocol.enlarge` is an error rather than a silently ignored option."""
     entry = split_entry(opts.shards, opts.split)  # clear error for a missing/empty split
-    enlarge = entry.get("crop", {}).get("enlarge", opts.protocol.enlarge)
-    if abs(enlarge - opts.protocol.enlarge) > 1e-9:
-        if opts.protocol.enlarge != post.Protocol().enlarge:
-            raise UserError(f"{opts.shards}: the shards were cut with enlarge {enlarge}, not "
-                            f"{opts.protocol.enlarge}: build shards with that enlargement, or "
-                            "evaluate on boxes (--boxes)")
-        opts.protocol.enlarge = enlarge
+    enlarge = entry.get("crop", {}).get("enlarge", post.THESIS_ENLARGE)
+    if opts.protocol.enlarge is not None and abs(enlarge - opts.protocol.enlarge) > 1e-9:
+        raise UserError(f"{opts.shards}: the shards were cut with enlarge {enlarge}, not "
+                        f"{opts.protocol.enlarge}: build shards with that enlargement, or "
+                        "evaluate on boxes (--boxes)")
+    opts.protocol.enlarge = enlarge
     return {"source": "ground truth (shards)", "shards": str(opts.shards),
             "kept": min(entry["num_samples"], opts.max_samples or entry["num_samples"])}
 
@@ -162,6 +161,7 @@ def _detection_batches(opts: EvalOptions, meta: dict | None, mean, rank: int, wo
                                opts.protocol.box_score_threshold)
     except DataError as exc:
         raise UserError(str(exc)) from None
+    opts.protocol.enlarge = post.resolved_enlarge(opts.protocol, meta)
     params = CropParams(size=int((meta or {}).get("crop_size", 256)),
                         enlarge=opts.protocol.enlarge)
     crops = BoxCrops(dets, images, Path(opts.coco_root) / opts.split, params, opts.batch_size,
