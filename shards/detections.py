@@ -30,11 +30,6 @@ from .sample import SampleConfig, heatmaps
 
 PERSON = 1
 REQUIRED = ("image_id", "category_id", "bbox", "score")
-DROP_REASONS = ("other_category", "below_threshold", "unknown_image", "bad_box", "bad_score",
-                "outside_image")
-"""Why a box of the file is not evaluated (decided from the JSON alone)."""
-IMAGE_REASONS = ("missing_image", "corrupt_image", "size_mismatch")
-"""Why the boxes of one image are not evaluated (found when the image is read)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +62,9 @@ def _number(value) -> bool:
 def load_detections(path: str | Path, image_sizes: dict[int, tuple[int, int]],
                     score_threshold: float = 0.0) -> Detections:
     """The usable person boxes of a detection-results file; `image_sizes` maps the annotation
-    file's image ids to (width, height)."""
+    file's image ids to (width, height). A box not used is counted under one reason (decided
+    from the JSON alone): other_category, bad_score, bad_box, below_threshold, unknown_image,
+    outside_image. (Unreadable images are counted by BoxCrops: open_for_crops's reasons.)"""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: boxes file not found")

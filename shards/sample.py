@@ -168,8 +168,17 @@ def model_input(batch: dict, device, channels_last: bool = False):
     import torch
 
     images = batch["image"].to(device, non_blocking=True)
+    if images.dtype != torch.uint8:  # already model input
+        return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    return _scaled(images.float(), batch, device, channels_last)
+
+
+def _scaled(images, batch: dict, device, channels_last: bool):
+    """float pixels -> (x - mean RGB) / 255 on `device`, optionally channels_last."""
+    import torch
+
     mean = batch["mean_rgb"].to(device, non_blocking=True).view(1, -1, 1, 1)
-    x = (images.float() - mean) * (1.0 / 255.0) if images.dtype == torch.uint8 else images
+    x = (images - mean) * (1.0 / 255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -203,10 +212,7 @@ def device_augment(batch: dict, cfg: SampleConfig, device, channels_last: bool =
     grid = F.affine_grid(theta.float(), [n, 3, h, w], align_corners=False)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
                            align_corners=False)
-    mean = batch["mean_rgb"].to(device, non_blocking=True).view(1, -1, 1, 1)
-    x = (warped - mean) * (1.0 / 255.0)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = _scaled(warped, batch, device, channels_last)
 
     kps = batch["keypoints"].to(device, torch.float64)
     moved = kps[..., :2] @ forward[:, :, :2].transpose(1, 2) + forward[:, None, :, 2]

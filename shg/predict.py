@@ -173,9 +173,11 @@ def _write(opts: PredictOptions, results: list, images: dict, paths: dict, rows:
     folder.mkdir(parents=True, exist_ok=True)
     results_file = out.with_suffix(".json") if single else out / "results.json"
     results_file.write_text(json.dumps(results))
-    boxes = {}
+    boxes, poses = {}, {}
     for r in rows:
         boxes.setdefault(int(r["image_id"]), []).append(r["bbox"])
+    for res in results:
+        poses.setdefault(res["image_id"], []).append(np.asarray(res["keypoints"]).reshape(-1, 3))
     drawn = {}
     for image_id, path in paths.items():
         target = out if single else folder / f"{path.stem}.png"
@@ -188,8 +190,7 @@ def _write(opts: PredictOptions, results: list, images: dict, paths: dict, rows:
         r = max(2.0, min(w, h) / 150)
         for x, y, bw, bh in boxes.get(image_id, []) if opts.boxes or opts.bbox else []:
             d.rectangle([x, y, x + bw, y + bh], outline=(255, 255, 0))
-        for res in (res for res in results if res["image_id"] == image_id):
-            kps = np.asarray(res["keypoints"]).reshape(-1, 3)
+        for kps in poses.get(image_id, []):
             draw_skeleton(d, kps[:, :2], kps[:, 2] >= opts.min_score, (255, 40, 40), radius=r,
                           width=max(2, int(r)))
         image.save(target)

@@ -141,15 +141,20 @@ def noting_problems(batches: Iterable[dict], problems: list) -> Iterator[dict]:
         yield batch
 
 
-def gather_rows(rows: list[dict]) -> list[dict]:
-    """Every rank's rows on every rank, sorted by sample index; a sample seen twice (ranks that
-    disagree on the split) is an error."""
+def gather_list(items: list) -> list:
+    """Every rank's items on every rank, rank by rank (this rank's alone outside a group)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
         parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, rows)
-        rows = [r for p in parts for r in p]
-    rows = sorted(rows, key=lambda r: r["index"])
+        torch.distributed.all_gather_object(parts, items)
+        return [x for p in parts for x in p]
+    return items
+
+
+def gather_rows(rows: list[dict]) -> list[dict]:
+    """Every rank's rows on every rank, sorted by sample index; a sample seen twice (ranks that
+    disagree on the split) is an error."""
+    rows = sorted(gather_list(rows), key=lambda r: r["index"])
     if len({r["index"] for r in rows}) != len(rows):
         raise RuntimeError("a sample was evaluated twice: ranks disagree on the split")
     return rows

@@ -29,8 +29,8 @@ from shards.reader import dist_rank_world, eval_loader
 from ..errors import UserError
 from . import protocol as post
 from .coco import coco_eval
-from .core import ModelOnSplit, gather_rows, normalisations, noting_problems, predict_rows, \
-    progress_bar, split_batches, visible
+from .core import ModelOnSplit, gather_list, gather_rows, normalisations, noting_problems, \
+    predict_rows, progress_bar, split_batches, visible
 from .pck import epe, pck, pck_curve
 from .report import boxes_line
 
@@ -98,9 +98,10 @@ def run_eval(opts: EvalOptions) -> dict:
                              flip=opts.protocol.flip, flip_shift=opts.protocol.flip_shift,
                              refine=opts.refine, device=device, bar=bar))
     bar.close()
-    rows, problems = gather_rows(rows), _gather(problems)
+    rows, problems = gather_rows(rows), gather_list(problems)
     if rank != 0:
         return {}
+    image_ids = boxes_info.pop("annotated_images", None)
     if opts.boxes:
         boxes_info["images_unreadable"] = _count_problems(problems)
     elif not rows:
@@ -115,7 +116,6 @@ def run_eval(opts: EvalOptions) -> dict:
                     "decode": opts.refine, "oracle": opts.oracle,
                     "model": None if opts.oracle else str(source), **about})
     if opts.coco_ann:
-        image_ids = _annotated_images(opts.coco_ann) if opts.boxes else None
         summary["coco"] = coco_eval(opts.coco_ann, results, out, about, image_ids)
     from .report import write_boxes_report, write_report
 
@@ -169,22 +169,8 @@ def _detection_batches(opts: EvalOptions, meta: dict | None, mean, rank: int, wo
                      oracle_iou=ORACLE_IOU if opts.oracle else None)
     info = dets.summary()
     info["images"] = len({d.image_id for d in dets.boxes})
+    info["annotated_images"] = sorted(images)  # COCO AP counts them all (not saved)
     return eval_loader(crops, opts.num_workers), len(crops), info
-
-
-def _annotated_images(ann_file: str) -> list[int]:
-    from shards.coco import load_coco
-
-    return sorted(load_coco(ann_file)[0].imgs)
-
-
-def _gather(items: list) -> list:
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, items)
-        return [x for p in parts for x in p]
-    return items
 
 
 def _count_problems(problems: list) -> dict:
