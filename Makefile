@@ -25,11 +25,24 @@ $(VENV)/.done: pyproject.toml
 	$(BIN)/pip install -q --no-build-isolation -e ".[dev,onnx]" $(QUIET)
 	touch $@
 
-test: setup
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+# Two workers on two cores (tests/conftest.py gives each one thread). The slow tier goes out
+# by file: the Slurm tests, which share one cluster, are one file, so one worker runs them one
+# after another. `make test`: the fast tier first, so a broken change fails within minutes,
+# then the rest; the 25 slowest tests of both at the end.
+PYTEST  := $(BIN)/python -m pytest tests -n $(or $(TEST_WORKERS),2)
+FAST    := -m "not slow and not slurm"
+REPORTS := .test-reports
 
+test: setup
+	@mkdir -p $(REPORTS)
+	$(PYTEST) $(FAST) --junitxml=$(REPORTS)/fast.xml $(PYTEST_ARGS)
+	$(PYTEST) -m "slow or slurm" --dist loadfile --junitxml=$(REPORTS)/slow.xml $(PYTEST_ARGS) \
+	  || status=$$?; $(BIN)/python .ci/slowest.py 25 $(REPORTS)/fast.xml $(REPORTS)/slow.xml; \
+	  exit $${status:-0}
+
+# The tier to run while working: no training processes of its own, no Slurm.
 test-fast: setup
-	$(BIN)/python -m pytest tests -m "not slow and not slurm" $(PYTEST_ARGS)
+	$(PYTEST) $(FAST) $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/shg demo --out runs/demo
@@ -38,4 +51,4 @@ bench: setup
 	$(BIN)/python bench/data.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache $(REPORTS)

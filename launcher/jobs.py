@@ -15,14 +15,16 @@ def _announce(what: str) -> None:
     print(f"shg: {what} with code from {os.path.dirname(shg.__file__)}", flush=True)
 
 
-def build_shards(coco: str, split: str, out: str, shard_size: int, task_index: int,
-                 num_tasks: int) -> dict:
+def build_shards(coco: str, split: str, out: str, task_index: int, num_tasks: int,
+                 options: dict) -> dict:
+    """One task of the shard building array; `options`: BuildOptions fields (shard_size,
+    crop_size, ...)."""
     from shards.build import BuildOptions, build
 
     _announce(f"building {split} shards, task {task_index + 1}/{num_tasks}")
 
-    return build(BuildOptions(coco_root=coco, split=split, out=out, shard_size=shard_size,
-                              task_index=task_index, num_tasks=num_tasks, progress=False))
+    return build(BuildOptions(coco_root=coco, split=split, out=out, task_index=task_index,
+                              num_tasks=num_tasks, progress=False, **options))
 
 
 def finalize_shards(out: str, splits: list[str]) -> dict:

@@ -64,6 +64,8 @@ class SubmitRequest:
     config: str | None = None
     run: str | None = None
     shard_size: int = 1000
+    crop_size: int = 256
+    """With prepare: the side of the crops the shards hold (a multiple of 64)."""
     ae: bool = False
     """With `pipeline`: also queue the AE study after training."""
     overrides: list[str] = field(default_factory=list)
@@ -97,18 +99,24 @@ class SubmitRequest:
         return SubmitRequest(**{**self.__dict__, **absolute})
 
     @property
+    def build_options(self) -> dict:
+        """What the prepare stage's jobs give `shg shards build` (BuildOptions fields)."""
+        return {"shard_size": self.shard_size, "crop_size": self.crop_size}
+
+    @property
     def run_name(self) -> str:
         return Path(self.run).name if self.run else "prepare"
 
 
 def pipeline_stages(coco: str, shards: str, config: str, run: str, overrides: list[str],
-                    profile: Profile, shard_size: int = 1000,
+                    profile: Profile, build: dict | None = None,
                     which: tuple[str, ...] = ALL_STAGES) -> list[Stage]:
+    """`build`: the prepare stage's BuildOptions fields (SubmitRequest.build_options)."""
     stages: list[Stage] = []
     n = profile.prepare_tasks
     if "prepare" in which:
         stages.append(Stage("prepare", jobs.build_shards,
-                            [(coco, split, shards, shard_size, i, n)
+                            [(coco, split, shards, i, n, dict(build or {}))
                              for split in SPLITS for i in range(n)], array=True, gpu=False))
         stages.append(Stage("finalize", jobs.finalize_shards, [(shards, list(SPLITS))],
                             after=["prepare"], gpu=False))

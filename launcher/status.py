@@ -104,8 +104,9 @@ def status(folder: str, log=print) -> list[dict]:
             cls = submitit.SlurmJob if slurm else submitit.LocalJob
             job = cls(folder=f"{record['folder']}/%j", job_id=job_id)
             a, q = acct.get(job_id, {}), queue.get(job_id, {})
-            state = a.get("state") or q.get("state") or (job.state if slurm else
-                                                           _local_state(job))
+            state = a.get("state") or q.get("state") or (
+                job.state if slurm else
+                record.get("outcomes", {}).get(job_id) or _local_state(job))
             names = labels.get(stage) or []
             row = {"stage": stage, "job_id": job_id, "state": state,
                    "variant": names[index] if index < len(names) else "",
@@ -147,11 +148,12 @@ def status(folder: str, log=print) -> list[dict]:
     width = max([len("variant")] + [len(r["variant"]) for r in rows]) \
         if any(r["variant"] for r in rows) else 0
     variant = (lambda r: f"{r['variant']:<{width + 2}}") if width else (lambda r: "")
-    log(f"{'stage':<12}{'job':<12}" + (f"{'variant':<{width + 2}}" if width else "")
+    job = max([10] + [len(r["job_id"]) for r in rows]) + 2  # debug ids are long
+    log(f"{'stage':<12}{'job':<{job}}" + (f"{'variant':<{width + 2}}" if width else "")
         + f"{'state':<11}{'elapsed':<10}{'requeues':<9}why")
     for r in rows:
-        log(f"{r['stage']:<12}{r['job_id']:<12}{variant(r)}{r['state']:<11}{r['elapsed']:<10}"
-            f"{r['requeues']:<9}{r['why']}")
+        log(f"{r['stage']:<12}{r['job_id']:<{job}}{variant(r)}{r['state']:<11}"
+            f"{r['elapsed']:<10}{r['requeues']:<9}{r['why']}")
     return rows
 
 

@@ -33,8 +33,8 @@ def study_dir_of(study: Study, run: str | None) -> Path:
 
 def study_stages(study: Study, study_dir: Path, config: str, shards: str, overrides: list[str],
                  profile: Profile, todo: list, coco: str | None = None,
-                 shard_size: int = 1000) -> list[Stage]:
-    stages = pipeline_stages(coco, shards, config, str(study_dir), [], profile, shard_size,
+                 build: dict | None = None) -> list[Stage]:
+    stages = pipeline_stages(coco, shards, config, str(study_dir), [], profile, build,
                              which=("prepare",)) if coco else []
     common = [*profile.training_overrides(), *overrides]
     names = [v.name for v in todo]
@@ -80,7 +80,7 @@ def submit_study(request, profile: Profile, executor: str = "slurm", dry_run: bo
         report(study_dir, log=log)
         return {"folder": folder, "study_dir": study_dir, "ids": {}}
     stages = study_stages(study, study_dir, request.config, request.shards, request.overrides,
-                          profile, todo, request.coco, request.shard_size)
+                          profile, todo, request.coco, request.build_options)
     result = submit(stages, profile, executor, study_dir.name, dry_run=dry_run, log=log,
                     snapshot=snapshot)
     if not dry_run:

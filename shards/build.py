@@ -50,8 +50,18 @@ class BuildOptions:
     progress: bool = True
     png_level: int = PNG_COMPRESS_LEVEL
     """zlib level of the stored PNGs: 0 stores raw (2x the disk, ~2x faster to read)."""
+    crop_size: int = CropParams.size
+    """Side of the stored crops (a multiple of 64: the SHG's heatmaps are a quarter of it and
+    its hourglasses halve those four times)."""
+    enlarge: float = CropParams.enlarge
+    """The square around each box is enlarged by this (the thesis: 1.1)."""
 
     def __post_init__(self) -> None:
+        if self.crop_size < 64 or self.crop_size % 64:
+            raise DataError(f"crop size must be a multiple of 64 (64, 128, 192, 256, ...), "
+                            f"not {self.crop_size}")
+        if self.enlarge < 1:
+            raise DataError(f"enlarge must be >= 1 (the crop holds the box), not {self.enlarge}")
         if self.shard_size < 1:
             raise DataError("shard_size must be >= 1")
         if self.num_tasks < 1 or not 0 <= self.task_index < self.num_tasks:
@@ -102,8 +112,9 @@ def _crop_image(args: tuple[str, ImageJob, CropParams, int]) -> dict:
     result = {"samples": [], "skip": None, "rgb_sum": np.zeros(3), "rgb_sq": np.zeros(3),
               "pixels": 0}
     boxes = [crop_box(p.bbox, job.width, job.height, params) for p in job.persons]
+    every = [crop_box(b, job.width, job.height, params) for b in job.all_bboxes()]
     try:
-        image, scale = open_for_crops(path, job.width, job.height, boxes, params)
+        image, scale = open_for_crops(path, job.width, job.height, every, params)
     except ImageSkip as skip:
         result["skip"] = (skip.reason, str(skip))
         return result
@@ -147,7 +158,8 @@ def shard_plan(plan: Plan, shard_size: int) -> list[list[ImageJob]]:
         persons = list(job.persons)
         while persons:
             take, persons = persons[:room], persons[room:]
-            current.append(ImageJob(job.image_id, job.file_name, job.width, job.height, take))
+            current.append(ImageJob(job.image_id, job.file_name, job.width, job.height, take,
+                                    image_bboxes=[p.bbox for p in job.persons]))
             room -= len(take)
             if room == 0:
                 shards.append(current)
@@ -159,11 +171,13 @@ def shard_plan(plan: Plan, shard_size: int) -> list[list[ImageJob]]:
 
 # ---------------------------------------------------------------- build
 
-def build(opts: BuildOptions, params: CropParams = CropParams(), log=print) -> dict:
-    """Build this task's shards; finalize the manifest when this is the only task.
+def build(opts: BuildOptions, params: CropParams | None = None, log=print) -> dict:
+    """Build this task's shards; finalize the manifest when this is the only task. The crops
+    are `params`, by default those of opts.crop_size and opts.enlarge.
 
     Returns a summary dict (counts for this task, and the manifest when finalized).
     """
+    params = params or CropParams(size=opts.crop_size, enlarge=opts.enlarge)
     import cv2  # noqa: F401  (imported before forking and before the clock starts:
     import webdataset  # noqa: F401  webdataset pulls in torch, which takes a second)
 

@@ -43,6 +43,13 @@ class ImageJob:
     width: int
     height: int
     persons: list[Person] = field(default_factory=list)
+    image_bboxes: list | None = None
+    """Every planned person's bbox in this image, when `persons` is only the part of them one
+    shard holds: the image is then decoded as for all of them (the same pixels, whichever
+    shard a person lands in; see crop.open_for_crops)."""
+
+    def all_bboxes(self) -> list:
+        return self.image_bboxes or [p.bbox for p in self.persons]
 
 
 @dataclass
@@ -175,8 +182,3 @@ def make_plan(root: str | Path, split: str, min_keypoints: int = 1, seed: int = 
     return Plan(split, images, str(path.absolute()), sha, filtered, skipped, dropped,
                 first[0] if first else None)
 
-
-def eligible_count(coco, min_keypoints: int = 1) -> int:
-    """pycocotools' own count of usable persons (used by tests as the reference)."""
-    ids = coco.getAnnIds(catIds=coco.getCatIds(catNms=["person"]), iscrowd=False)
-    return sum(1 for a in coco.loadAnns(ids) if a.get("num_keypoints", 0) >= min_keypoints)

@@ -28,8 +28,9 @@ from .keypoints import FLIP_INDEX, NUM_KEYPOINTS
 class SampleConfig:
     """How stored crops become tensors (the `data` section of the training config uses it)."""
 
-    heatmap_size: int = 64
-    """Side of the target heatmaps (the SHG outputs input/4)."""
+    heatmap_size: int = 0
+    """Side of the target heatmaps: 0 = a quarter of the crop side (what the SHG outputs; 64
+    for the thesis's 256 px crops)."""
     sigma: float = 1.0
     """Standard deviation of the target Gaussian, in heatmap cells."""
     augment: bool = True
@@ -49,8 +50,8 @@ class SampleConfig:
     "auto" (device on CUDA, loader on CPU, where the loader path measured faster)."""
 
     def __post_init__(self) -> None:
-        if self.heatmap_size < 4:
-            raise ValueError("heatmap_size must be >= 4")
+        if self.heatmap_size and self.heatmap_size < 4:
+            raise ValueError("heatmap_size must be 0 (a quarter of the crop) or >= 4")
         if self.sigma <= 0:
             raise ValueError("sigma must be > 0")
         if not 0 < self.scale_min <= self.scale_max:
@@ -114,7 +115,7 @@ def heatmaps(keypoints: np.ndarray, crop_size: int, cfg: SampleConfig
     """(K, 3) crop-pixel keypoints -> (K, H, H) float32 targets and (K,) weights.
 
     A joint gets weight 0 when unlabelled or when its cell falls outside the grid."""
-    h = cfg.heatmap_size
+    h = cfg.heatmap_size or crop_size // 4
     cells = np.floor(keypoints[:, :2] * (h / crop_size))
     vis = keypoints[:, 2]
     inside = (cells >= 0).all(1) & (cells < h).all(1)
@@ -229,7 +230,7 @@ def torch_heatmaps(keypoints, crop_size: int, cfg: SampleConfig):
     float64, so the targets equal the loader path's)."""
     import torch
 
-    h = cfg.heatmap_size
+    h = cfg.heatmap_size or crop_size // 4
     cells = torch.floor(keypoints[..., :2] * (h / crop_size))
     vis = keypoints[..., 2]
     inside = ((cells >= 0) & (cells < h)).all(-1)

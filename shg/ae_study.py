@@ -46,15 +46,24 @@ def run_config(run: str) -> Path:
 
 
 def _train(phase: str, run: str, ae_run: str, overrides: list[str], nproc: int) -> Path:
-    """One phase as its own training processes (each phase is a separate run)."""
+    """One phase as a training run of its own: in this process on one process (as `shg train`
+    does), else as `nproc` new processes. DeepSpeed runs always get a process of their own
+    (DeepSpeed may abort at interpreter exit, see shg/training/entry.py)."""
+    from .config import load_config
+    from .training import run as run_training
     from .training.launch import train_processes
 
     out, phase_args = phase_overrides(phase, run, ae_run)
-    args = ["--config", str(run_config(run)), "checkpoint.resume=auto", *phase_args, *overrides]
-    code = train_processes(args, nproc)
+    config = str(run_config(run))
+    args = ["checkpoint.resume=auto", *phase_args, *overrides]
+    cfg = load_config(config, args)  # a bad override stops here, before anything trains
+    if nproc == 1 and not cfg.distributed.deepspeed_config:
+        code = run_training(cfg, hard_exit=False)
+    else:
+        code = train_processes(["--config", config, *args], nproc)
     if code:
-        raise UserError(f"AE {phase} training failed (exit {code}): python -m shg.train "
-                        + " ".join(args))
+        raise UserError(f"AE {phase} training failed (exit {code}): shg train --config "
+                        f"{config} " + " ".join(args))
     return Path(out)
 
 

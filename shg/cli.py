@@ -9,7 +9,6 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from . import evaluate as evaluate_entry
 from . import train as train_entry
@@ -57,6 +56,10 @@ def _shards_build_args(p: argparse.ArgumentParser) -> None:
                    help="fail on the first bad input instead of counting it as skipped")
     p.add_argument("--png-level", type=int, default=1,
                    help="zlib level 0-9 of the stored PNGs (0: ~2x disk, fastest reading)")
+    p.add_argument("--crop-size", type=int, default=256,
+                   help="side of the crops, a multiple of 64 (default 256, the thesis)")
+    p.add_argument("--enlarge", type=float, default=1.1,
+                   help="the square around each box is enlarged by this (default 1.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -67,7 +70,7 @@ def _shards_build(args: argparse.Namespace) -> int:
         coco_root=args.coco, split=args.split, out=args.out, shard_size=args.shard_size,
         workers=args.workers, task_index=args.task_index, num_tasks=args.num_tasks,
         min_keypoints=args.min_keypoints, strict=args.strict, progress=not args.quiet,
-        png_level=args.png_level))
+        png_level=args.png_level, crop_size=args.crop_size, enlarge=args.enlarge))
     print(f"{summary['split']}: task {summary['task_index']}/{summary['num_tasks']}: "
           f"{summary['shards_built']} shards, {summary['crops_written']} crops in "
           f"{summary['seconds']} s ({summary['crops_per_second']} crops/s)")
@@ -213,28 +216,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    evaluate_entry.options(args)  # argument errors here, before starting processes
+    opts = evaluate_entry.options(args)  # argument errors here, before starting processes
     if args.nproc > 1:
-        return evaluate_entry.torchrun(_eval_argv(args), args.nproc)
-    return evaluate_entry.evaluate(args)
-
-
-def _eval_argv(args: argparse.Namespace) -> list[str]:
-    """The arguments of this `shg eval` for `python -m shg.evaluate` (without --nproc)."""
-    argv = ["--split", args.split, "--out", args.out,
-            "--batch-size", str(args.batch_size), "--max-samples", str(args.max_samples),
-            "--workers", str(args.workers), "--decode", args.decode,
-            "--box-score-threshold", str(args.box_score_threshold),
-            "--oks-nms", str(args.oks_nms).lower(),
-            "--keypoint-threshold", str(args.keypoint_threshold)]
-    for flag, value in (("--shards", args.shards), ("--run", args.run), ("--step", args.step),
-                        ("--model", args.model), ("--coco-ann", args.coco_ann),
-                        ("--boxes", args.boxes), ("--coco", args.coco),
-                        ("--enlarge", args.enlarge)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return (argv + ["--no-flip"] * args.no_flip + ["--oracle"] * args.oracle
-            + ["--best-by-loss"] * args.best_by_loss + ["--flip-shift"] * args.flip_shift)
+        return evaluate_entry.torchrun(opts, args.nproc)
+    return evaluate_entry.evaluate(opts)
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -354,6 +339,8 @@ def _submit_args(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--coco", help="COCO root" + (" (optional: also build the shards first)"
                                                      if name == "study" else ""))
         p.add_argument("--shard-size", type=int, default=1000)
+        p.add_argument("--crop-size", type=int, default=256,
+                       help="side of the crops the shards hold, a multiple of 64 (default 256)")
     if name in ("pipeline", "train", "study"):
         p.add_argument("--config", help="training TOML" + (" every variant starts from"
                                                            if name == "study" else ""))
@@ -368,7 +355,8 @@ def _submit_args(p: argparse.ArgumentParser, name: str) -> None:
                        help="also queue the bottleneck-AE phases after training")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="training config overrides")
-    p.set_defaults(coco=None, shards=None, config=None, run=None, shard_size=1000, ae=False,
+    p.set_defaults(coco=None, shards=None, config=None, run=None, shard_size=1000,
+                   crop_size=256, ae=False,
                    study=None)
 
 
@@ -379,6 +367,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     request = SubmitRequest(stage=args.stage, coco=args.coco, shards=args.shards,
                             config=args.config, run=args.run, shard_size=args.shard_size,
+                            crop_size=args.crop_size,
                             ae=args.ae, overrides=list(args.overrides), study=args.study)
     how = submit_study if args.stage == "study" else submit_request
     how(request, load_profile(args.profile, args.profile_set or []), args.executor,
@@ -410,15 +399,14 @@ def _study_report(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- demo
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--train", type=int, default=600, help="synthetic training images")
-    p.add_argument("--val", type=int, default=100, help="synthetic validation images")
+    # everything (--help too) goes to the recipe's own parser: its options live there alone
+    p.add_argument("args", nargs=argparse.REMAINDER,
+                   help="see `shg demo --help` (--out, --train, --val, --ae-steps, key=value)")
 
 
 def _demo(args: argparse.Namespace) -> int:
     # The demo is a recipe of library calls (shg/demo.py) that nothing imports: run it.
-    return subprocess.call([sys.executable, "-m", "shg.demo", "--out", args.out,
-                            "--train", str(args.train), "--val", str(args.val)])
+    return subprocess.call([sys.executable, "-m", "shg.demo", *args.args])
 
 
 # ----------------------------------------------------------------------------- the table
@@ -477,11 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(stsub, "report", "rebuild leaderboard.md/json and plots from the runs and jobs",
         _study_report_args, _study_report)
     add(sub, "info", "parameters and FLOPs of an SHG", _info_args, _info)
-    add(sub, "demo", "run the whole pipeline on synthetic data (make demo)", _demo_args, _demo)
+    demo = sub.add_parser("demo", help="run the whole pipeline on synthetic data (make demo)",
+                          add_help=False)
+    _demo_args(demo)
+    demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the recipe parses its own arguments, --help included
+        return _demo(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

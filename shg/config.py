@@ -291,17 +291,25 @@ class RunConfig:
                               " not found")
 
 
-def native_bf16() -> bool:
-    """Does this machine compute bf16 natively (so autocast speeds training up)?"""
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""x86 CPU flags of native bf16 arithmetic (what makes bf16 autocast faster than fp32)."""
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Does this machine compute bf16 natively (so autocast speeds training up)? A GPU answers
+    for itself; a CPU by the flags in /proc/cpuinfo (or the `cpuinfo` text given)."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    if cpuinfo is None:
+        if torch.cuda.is_available():
+            return torch.cuda.is_bf16_supported()
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags")
+             for flag in line.partition(":")[2].split()}
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def resolve_precision(value: str) -> str:

@@ -9,6 +9,8 @@ starts), with the same arguments as `shg eval`.
     torchrun --standalone --nproc_per_node 2 -m shg.evaluate -- --run RUN ...
              (each rank reads its part, results are gathered without duplicates or losses;
              the `--` keeps torchrun from taking --run for its own --run-path)
+    shg eval --nproc N writes its resolved options to OUT/eval_options.json and starts
+    `python -m shg.evaluate --options OUT/eval_options.json` on every rank.
 
 The evaluation itself lives in shg/evaluation/.
 """
@@ -16,9 +18,11 @@ The evaluation itself lives in shg/evaluation/.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from .errors import EXIT_USAGE, USER_ERRORS, UserError, one_line
 from .evaluation.protocol import Protocol
@@ -101,34 +105,64 @@ def protocol_from(args: argparse.Namespace) -> Protocol:
         raise UserError(str(exc)) from None
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """Evaluate in this process (one rank of a torchrun group, or alone); print the summary."""
+OPTIONS_FILE = "eval_options.json"
+"""The resolved options of an evaluation, written into its output directory."""
+
+
+def evaluate(opts) -> int:
+    """Evaluate `opts` (EvalOptions) in this process (one rank of a torchrun group, or alone);
+    print the summary."""
     from .evaluation.runner import print_summary, run_eval
 
-    summary = run_eval(options(args))
+    summary = run_eval(opts)
     if summary:  # rank 0
         print_summary(summary)
-        print(f"report: {args.out}/report.md")
+        print(f"report: {opts.out}/report.md")
     return 0
 
 
-def torchrun(argv: list[str], nproc: int) -> int:
-    """`python -m shg.evaluate ARGV` on `nproc` ranks of this machine through torchrun."""
-    # `--` keeps torchrun from reading --run as an abbreviation of its --run-path.
+def write_options(opts) -> Path:
+    """OUT/eval_options.json: the resolved options, what every rank of `shg eval --nproc N`
+    reads (one place parses the command line)."""
+    from dataclasses import asdict
+
+    from shards import atomic
+
+    path = Path(opts.out) / OPTIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, asdict(opts), indent=1)
+    return path
+
+
+def read_options(path: str | Path):
+    from .evaluation.runner import EvalOptions
+
+    values = json.loads(Path(path).read_text())
+    return EvalOptions(**{**values, "protocol": Protocol(**values["protocol"])})
+
+
+def torchrun(opts, nproc: int) -> int:
+    """Evaluate `opts` on `nproc` ranks of this machine through torchrun."""
+    path = write_options(opts)
     return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            f"--nproc_per_node={nproc}", "-m", "shg.evaluate", "--", *argv])
+                            f"--nproc_per_node={nproc}", "-m", "shg.evaluate", "--options",
+                            str(path)])
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="shg.evaluate", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--options"]:  # from `shg eval --nproc N`
+        parser.add_argument("--options", required=True, help=f"an {OPTIONS_FILE}")
+    else:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
     try:
-        return evaluate(args)
+        return evaluate(read_options(args.options) if "options" in args else options(args))
     except USER_ERRORS as exc:
         print(f"shg eval: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

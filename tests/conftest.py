@@ -1,18 +1,34 @@
-"""Shared fixtures: a small synthetic dataset and shards built once per session, and the real
-COCO sample from ../shared/data (tests that need it skip with a reason when it is absent)."""
+"""Shared fixtures, built once per session (per xdist worker): a small synthetic dataset, its
+shards at 256 px (the thesis layout) and at 128 px (the training tests: a quarter of the
+pixels), a trained 256 px run for the evaluation and analysis tests, the reference runs the
+resume tests compare with, and the real COCO sample from ../shared/data.
+
+Under pytest-xdist (`make test` runs two workers on two cores) every worker and the processes
+it starts compute with one thread: two workers then share the machine instead of fighting
+over it, and a run and its reference always use the same thread count (bit-exact reruns)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHG_SHARED_DATA", REPO.parent / "shared" / "data"))
 COCO_SAMPLE = SHARED_DATA / "coco-sample"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,11 +40,30 @@ def _run_from_repo_root():
     os.chdir(old)
 
 
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data; missing, it skips the test (fails it in CI, which has it)."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        if IN_CI:
+            pytest.fail(f"{path} is missing: CI runs with ../shared beside the clone")
+        pytest.skip(f"{path} not found (set SHG_SHARED_DATA)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def coco_sample() -> Path:
-    if not (COCO_SAMPLE / "annotations").is_dir():
-        pytest.skip(f"real COCO sample not found at {COCO_SAMPLE} (set SHG_SHARED_DATA)")
-    return COCO_SAMPLE
+    return shared_data("coco-sample")
+
+
+@pytest.fixture(scope="session")
+def coco_val_shards(coco_sample, tmp_path_factory) -> Path:
+    """The real COCO sample's val2017 persons as shards (built once for every test using them)."""
+    from shards.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("coco_val") / "shards"
+    build(BuildOptions(coco_root=str(coco_sample), split="val2017", out=str(out),
+                       progress=False), log=lambda *a: None)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -40,26 +75,59 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def synth_shards(synth_root, tmp_path_factory) -> Path:
+def _build(root: Path, out: Path, size: int = 256) -> Path:
     from shards.build import BuildOptions, build
 
-    out = tmp_path_factory.mktemp("synth_shards")
     for split in ("train2017", "val2017"):
-        build(BuildOptions(coco_root=str(synth_root), split=split, out=str(out), shard_size=16,
-                           progress=False), log=lambda *a: None)
+        build(BuildOptions(coco_root=str(root), split=split, out=str(out), shard_size=16,
+                           progress=False, crop_size=size), log=lambda *a: None)
     return out
 
 
 @pytest.fixture(scope="session")
-def trained_run(synth_shards, tmp_path_factory):
+def synth_shards(synth_root, tmp_path_factory) -> Path:
+    return _build(synth_root, tmp_path_factory.mktemp("synth_shards"))
+
+
+@pytest.fixture(scope="session")
+def small_shards(synth_root, tmp_path_factory) -> Path:
+    """The same persons cut at 128 px (32x32 heatmaps: a quarter of the 256 layout's pixels)."""
+    return _build(synth_root, tmp_path_factory.mktemp("small_shards"), size=128)
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_shards, tmp_path_factory):
+    """4 steps of a 2-stack, 16-feature SHG on the 128 px shards, trained in this process:
+    the model of the evaluation, analysis, predict and export tests (use it with
+    `small_shards`)."""
+    from helpers import train_here
+
     run = tmp_path_factory.mktemp("evalrun") / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "shg.train", "--config", "configs/tiny.toml",
-         f"data.shards={synth_shards}", f"run_dir={run}", "model.features=16",
-         "train.max_steps=4", "eval.every_steps=2", "checkpoint.every_steps=2",
-         "data.num_workers=0", "eval.max_samples=8"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert train_here(small_shards, run, base=[
+        f"data.shards={small_shards}", f"run_dir={run}", "model.features=16",
+        "train.max_steps=4", "eval.every_steps=2", "checkpoint.every_steps=2",
+        "data.num_workers=0", "eval.max_samples=8"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def reference_run(small_shards, tmp_path_factory) -> Path:
+    """helpers.COMMON uninterrupted, in this process: what every 1-process resume test must
+    end with, bit for bit."""
+    from helpers import COMMON, train_here
+
+    run = tmp_path_factory.mktemp("reference") / "run"
+    assert train_here(small_shards, run, *COMMON) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def reference_run_2proc(small_shards, tmp_path_factory) -> Path:
+    """helpers.COMMON (10 steps) uninterrupted on 2 processes (`shg train --nproc 2`)."""
+    from helpers import COMMON, train_process
+
+    run = tmp_path_factory.mktemp("reference2") / "run"
+    train_process(small_shards, run, *COMMON, "train.max_steps=10", nproc=2)
     return run
 
 
@@ -78,3 +146,4 @@ def fake_sbatch(tmp_path, monkeypatch) -> Path:
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return bin_dir
+

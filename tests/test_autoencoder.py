@@ -1,20 +1,25 @@
+"""The bottleneck autoencoder: its modules (shapes, output activation, the denoising noise,
+freezing and insertion), both training phases as runs (phase 2 killed and resumed exactly)
+and the fair comparison with the SHG trained as long from the same weights."""
+
 import json
-import os
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from shg.models import AEPhase1, BottleneckAE, SHGWithAE, add_proportional_noise
+from helpers import STARTED_OVER, assert_resumed, fault, metrics, run_cli, same, train_here, \
+    weights
+from shg import ae_study
+from shg.models import AEPhase1, BottleneckAE, SHGWithAE, StackedHourglass, \
+    add_proportional_noise
 from shg.weights import load_weights
-from shg.models import StackedHourglass
 
-SMALL = ["data.num_workers=0", "eval.max_samples=8", "eval.batch_size=8",
-         "train.batch_size=2", "train.log_every=1", "eval.every_steps=2",
-         "checkpoint.every_steps=2", "train.deterministic=true",
-         "ae.hidden=8", "ae.channels=4"]
+AE = ["data.num_workers=0", "eval.max_samples=8", "eval.batch_size=8",
+      "train.batch_size=2", "train.log_every=1", "eval.every_steps=2",
+      "checkpoint.every_steps=2", "train.deterministic=true",
+      "ae.hidden=8", "ae.channels=4"]
 
 
 def test_shapes_and_relu_output():
@@ -71,24 +76,23 @@ def test_phase_modules_freeze_and_insert():
     assert all(not p.requires_grad for p in with_ae.ae.parameters())
 
 
-def _shg(args, check=True, env=None):
-    proc = subprocess.run([sys.executable, "-m", "shg.cli", *args], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **(env or {})})
-    if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+@pytest.fixture(scope="module")
+def shg_run(small_shards, tmp_path_factory):
+    """A 2-stack SHG trained 4 steps on the 128 px shards: what the AE phases start from."""
+    run = tmp_path_factory.mktemp("ae") / "shg"
+    assert train_here(small_shards, run, "train.max_steps=4", "eval.every_steps=2",
+                      "checkpoint.every_steps=2") == 0
+    return run
 
 
 @pytest.fixture(scope="module")
-def phase1_run(trained_run):
-    out = Path(f"{trained_run}-ae")
-    _shg(["ae", "train", "--run", str(trained_run), "train.max_steps=12", "optim.lr=0.003",
-          *SMALL])
-    return out
+def phase1_run(shg_run):
+    return ae_study.phase1(str(shg_run), ["train.max_steps=12", "optim.lr=0.003", *AE])
 
 
-def test_phase1_loss_falls_and_reports_reconstruction(phase1_run):
-    rows = [json.loads(l) for l in (phase1_run / "metrics.jsonl").read_text().splitlines()]
+def test_phase1_loss_falls_and_reports_reconstruction(phase1_run, shg_run):
+    assert phase1_run == Path(f"{shg_run}-ae")
+    rows = metrics(phase1_run)
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
     vals = [r for r in rows if "val_recon_mse" in r]
@@ -97,36 +101,42 @@ def test_phase1_loss_falls_and_reports_reconstruction(phase1_run):
     assert vals[-1]["val_recon_rel"] < vals[0]["val_recon_rel"]
     assert vals[-1]["val_recon_mse"] < vals[0]["val_recon_mse"]
     assert 'task = "ae"' in (phase1_run / "config.toml").read_text()
-    best = load_weights(phase1_run / "best")[0]
+    best, meta = load_weights(phase1_run / "best")
     assert any(k.startswith("ae.") for k in best)
+    # the SHG inside stayed the trained one (phase 1 freezes it)
+    shg_best = load_weights(shg_run / "best")[0]
+    assert all(torch.equal(best[f"shg.{k}"], v) for k, v in shg_best.items())
+    assert meta["model"]["task"] == "ae"
 
 
-def test_phase2_loads_both_and_resumes_exactly(trained_run, phase1_run, tmp_path):
+@pytest.mark.slow
+def test_phase2_loads_both_and_resumes_exactly(shg_run, phase1_run, tmp_path, capsys):
     ae_best = {k[3:]: v for k, v in load_weights(phase1_run / "best")[0].items()
                if k.startswith("ae.")}
-    base = [*SMALL, "train.max_steps=4", "ae.freeze_ae=true"]
+    base = [*AE, "train.max_steps=4", "ae.freeze_ae=true"]
     ref = tmp_path / "ref"
-    _shg(["ae", "finetune", "--run", str(trained_run), "--ae", str(phase1_run),
-          f"run_dir={ref}", *base])
-    final = load_weights(ref / "checkpoints" / "step-00000004")[0]
+    ae_study.phase2(str(shg_run), str(phase1_run), [f"run_dir={ref}", *base])
+    final = weights(ref, 4)
     assert all(torch.equal(final[f"ae.{k}"], v) for k, v in ae_best.items())  # frozen AE kept
-    shg_before = load_weights(trained_run / "best")[0]
+    shg_before = load_weights(shg_run / "best")[0]
     assert any(not torch.equal(final[f"shg.{k}"], v) for k, v in shg_before.items()
                if v.dtype.is_floating_point)
     killed = tmp_path / "killed"
-    proc = _shg(["ae", "finetune", "--run", str(trained_run), "--ae", str(phase1_run),
-                 f"run_dir={killed}", *base], check=False, env={"SHG_FAULT": "step:3"})
-    assert proc.returncode != 0
-    _shg(["ae", "finetune", "--run", str(trained_run), "--ae", str(phase1_run),
-          f"run_dir={killed}", *base])
-    again = load_weights(killed / "checkpoints" / "step-00000004")[0]
-    assert all(torch.equal(final[k], again[k]) for k in final)
+    proc = run_cli("ae", "finetune", "--run", str(shg_run), "--ae", str(phase1_run),
+                   f"run_dir={killed}", *base, env={"SHG_FAULT": "step:3"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    capsys.readouterr()
+    with fault(STARTED_OVER):
+        ae_study.phase2(str(shg_run), str(phase1_run), [f"run_dir={killed}", *base])
+    assert_resumed(killed, 2, capsys.readouterr().out)
+    assert same(weights(killed, 4), final)
     # the fine-tuned model evaluates like any other
     from shg.cli import main as shg
 
-    assert shg(["eval", "--run", str(ref), "--shards",
-                str(json_shards(ref)), "--split", "val2017", "--out", str(tmp_path / "ev"),
-                "--max-samples", "8", "--no-flip"]) == 0
+    assert shg(["eval", "--run", str(ref), "--shards", str(json_shards(ref)), "--split",
+                "val2017", "--out", str(tmp_path / "ev"), "--max-samples", "8",
+                "--no-flip"]) == 0
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["samples"] == 8
 
 
 def json_shards(run):
@@ -135,14 +145,28 @@ def json_shards(run):
     return tomllib.loads((run / "config.toml").read_text())["data"]["shards"]
 
 
-def test_compare_writes_table_and_curves(trained_run, phase1_run, tmp_path):
+def test_compare_starts_both_from_the_same_weights_and_writes_table_and_curves(
+        shg_run, phase1_run, tmp_path):
+    """`shg ae compare`: phase 2 and the baseline (the plain SHG trained on) both start from the
+    SHG run's best/ weights. With a learning rate of 1e-30 no parameter can move in 2 steps,
+    so both runs' SHG parameters must still be exactly the trained SHG's."""
+    from shg.cli import main as shg
+
     out = tmp_path / "cmp"
-    _shg(["ae", "compare", "--run", str(trained_run), "--ae", str(phase1_run),
-          "--out", str(out), *SMALL, "train.max_steps=2"])
+    assert shg(["ae", "compare", "--run", str(shg_run), "--ae", str(phase1_run),
+                "--out", str(out), *AE, "train.max_steps=2", "optim.lr=1e-30"]) == 0
     table = json.loads((out / "compare.json").read_text())
-    assert len(table) == 2
-    steps = {row["steps"] for row in table.values()}
-    assert steps == {2}
+    assert len(table) == 2 and {row["steps"] for row in table.values()} == {2}
     assert all("pck_constant@0.5" in row["final"] for row in table.values())
-    assert (out / "compare.png").stat().st_size > 0
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "difference" in (out / "compare.md").read_text()
+    trained = {k: v for k, v in load_weights(shg_run / "best")[0].items()}
+    names = {n for n, _ in StackedHourglass(2, 16, 17).named_parameters()}
+    baseline = load_weights(Path(f"{shg_run}-continue") / "checkpoints" / "step-00000002")[0]
+    finetuned = load_weights(Path(f"{shg_run}-ae-finetune") / "checkpoints" /
+                             "step-00000002")[0]
+    for name in names:
+        assert torch.equal(baseline[name], trained[name]), name
+        assert torch.equal(finetuned[f"shg.{name}"], trained[name]), name
+    rows = table["baseline (continue SHG)"]["curve"]
+    assert [r["step"] for r in rows] == [2]

@@ -10,10 +10,16 @@ def test_required_keys_exist_and_overrides_coerce(tmp_path):
     assert cfg.model.stacks == 3 and cfg.train.max_steps == 7 and cfg.run_dir == "runs/x"
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.mixed_precision == "bf16" and cfg.eval.thresholds == [0.1, 0.2]
-    for key in ("data.shards", "model.features", "train.batch_size", "train.seed",
-                "checkpoint.every_steps"):
+    # every key the README's table names reaches the config from the command line
+    for key, value, expected in (("data.shards", "/x/shards", "/x/shards"),
+                                 ("model.features", "48", 48), ("train.batch_size", "3", 3),
+                                 ("train.seed", "11", 11), ("checkpoint.every_steps", "7", 7),
+                                 ("data.augment_on", "device", "device"),
+                                 ("eval.thresholds", "[0.5]", [0.5])):
         section, name = key.split(".")
-        assert hasattr(getattr(cfg, section), name)
+        one = load_config("configs/tiny.toml", [f"{key}={value}", "eval.select=bbox@0.5"]
+                          if key == "eval.thresholds" else [f"{key}={value}"])
+        assert getattr(getattr(one, section), name) == expected, key
     again = tmp_path / "c.toml"
     again.write_text(dump_toml(cfg))
     assert load_config(again) == cfg

@@ -1,17 +1,19 @@
 """On a CUDA GPU (marked `gpu`, skipped without one): bf16 training killed and resumed, both
-augmentation paths, DeepSpeed ZeRO-2 on one GPU, `shg eval` and `shg predict`.
+augmentation paths, DeepSpeed ZeRO-2 on one GPU, `shg eval` and `shg predict`, compile.
 
 Run where a GPU is: `.venv/bin/python -m pytest -m gpu tests/test_gpu.py`."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from test_train import run_train, same, weights
+from helpers import STARTED_OVER, assert_resumed, metrics, same, train_here, train_process, \
+    weights
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -20,54 +22,57 @@ GPU = ["mixed_precision=bf16", "model.channels_last=true", "data.num_workers=2"]
 
 
 @pytest.mark.parametrize("augment_on", ["loader", "device"])
-def test_bf16_training_on_cuda_killed_then_resumed_is_bit_identical(synth_shards, tmp_path,
-                                                                    augment_on):
-    # train.deterministic=true (in test_train's TINY): deterministic cuDNN/cuBLAS; the SHG's
+def test_bf16_training_on_cuda_killed_then_resumed_is_bit_identical(small_shards, tmp_path,
+                                                                    augment_on, capsys):
+    # train.deterministic=true (in helpers.TINY): deterministic cuDNN/cuBLAS; the SHG's
     # ops (conv, BatchNorm, MaxPool2d, nearest upsampling) all have deterministic CUDA kernels.
     common = ["train.max_steps=6", "eval.every_steps=3", "checkpoint.every_steps=2",
               f"data.augment_on={augment_on}", *GPU]
-    run_train(synth_shards, tmp_path / "ref", *common)
+    assert train_here(small_shards, tmp_path / "ref", *common) == 0
     config = (tmp_path / "ref" / "config.toml").read_text()
     assert f'augment_on = "{augment_on}"' in config and 'mixed_precision = "bf16"' in config
     run = tmp_path / "killed"
-    assert run_train(synth_shards, run, *common, env={"SHG_FAULT": "step:5"},
-                     check=False).returncode == -9
-    run_train(synth_shards, run, *common)
+    assert train_process(small_shards, run, *common, faults="step:5",
+                         check=False).returncode == -signal.SIGKILL
+    capsys.readouterr()
+    assert train_here(small_shards, run, *common, faults=STARTED_OVER) == 0
+    assert_resumed(run, 4, capsys.readouterr().out)
     assert same(weights(run, 6), weights(tmp_path / "ref", 6))
 
 
-def test_auto_augments_on_the_device_on_cuda(synth_shards, tmp_path):
-    run_train(synth_shards, tmp_path / "auto", "train.max_steps=2", "eval.every_steps=2", *GPU)
+def test_auto_augments_on_the_device_on_cuda(small_shards, tmp_path):
+    assert train_here(small_shards, tmp_path / "auto", "train.max_steps=2",
+                      "eval.every_steps=2", *GPU) == 0
     assert 'augment_on = "device"' in (tmp_path / "auto" / "config.toml").read_text()
 
 
-def test_deepspeed_zero2_on_one_gpu(synth_shards, tmp_path):
-    pytest.importorskip("deepspeed")
+def test_deepspeed_zero2_on_one_gpu_trains_the_same_model(small_shards, tmp_path):
+    import deepspeed  # noqa: F401  (make setup installs it)
+
+    common = ["model.features=16", "train.max_steps=4", "eval.every_steps=2",
+              "checkpoint.every_steps=2", "eval.max_samples=8", "mixed_precision=bf16"]
+    assert train_here(small_shards, tmp_path / "ddp", *common) == 0
     run = tmp_path / "zero2"
-    proc = subprocess.run(
-        [sys.executable, "-m", "shg.cli", "train", "--nproc", "1", "--config",
-         "configs/tiny.toml", f"data.shards={synth_shards}", f"run_dir={run}",
-         "model.features=16", "train.max_steps=4", "eval.every_steps=2",
-         "checkpoint.every_steps=2", "eval.max_samples=8",
-         "distributed.deepspeed_config=configs/deepspeed_zero2.json", "mixed_precision=bf16"],
-        capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_process(small_shards, run, *common,
+                  "distributed.deepspeed_config=configs/deepspeed_zero2.json")
     assert (run / "checkpoints" / "step-00000004" / "zero").is_dir()
-    losses = [json.loads(line)["loss"] for line in
-              (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    assert len(losses) == 4 and all(l == l and l < 1 for l in losses)
+    losses = [r["loss"] for r in metrics(run) if "loss" in r]
+    plain = [r["loss"] for r in metrics(tmp_path / "ddp") if "loss" in r]
+    assert len(losses) == 4 and all(l == l for l in losses)
+    # same initial weights, same first batch, both bf16 autocast: the same first loss
+    assert losses[0] == pytest.approx(plain[0], rel=0.02)
 
 
-def test_eval_and_predict_on_cuda(trained_run, synth_shards, synth_root, tmp_path, capsys):
+def test_eval_and_predict_on_cuda(trained_run, small_shards, synth_root, tmp_path, capsys):
     from shg.cli import main as shg
 
     out = tmp_path / "eval"
-    assert shg(["eval", "--run", str(trained_run), "--shards", str(synth_shards), "--split",
+    assert shg(["eval", "--run", str(trained_run), "--shards", str(small_shards), "--split",
                 "val2017", "--out", str(out)]) == 0
     cuda = json.loads((out / "pck.json").read_text())
     cpu_out = tmp_path / "eval-cpu"
     proc = subprocess.run([sys.executable, "-m", "shg.cli", "eval", "--run", str(trained_run),
-                           "--shards", str(synth_shards), "--split", "val2017", "--out",
+                           "--shards", str(small_shards), "--split", "val2017", "--out",
                            str(cpu_out)], capture_output=True, text=True,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -83,9 +88,9 @@ def test_eval_and_predict_on_cuda(trained_run, synth_shards, synth_root, tmp_pat
     assert (tmp_path / "pose.png").is_file()
 
 
-def test_compiled_training_on_cuda_saves_plain_weights(synth_shards, tmp_path):
+def test_compiled_training_on_cuda_saves_plain_weights(small_shards, tmp_path):
     run = tmp_path / "compiled"
-    run_train(synth_shards, run, "train.max_steps=4", "eval.every_steps=2",
-              "checkpoint.every_steps=2", "train.compile=true", *GPU)
+    assert train_here(small_shards, run, "train.max_steps=4", "eval.every_steps=2",
+                      "checkpoint.every_steps=2", "train.compile=true", *GPU) == 0
     best = weights(run, 4)
     assert not any(k.startswith("_orig_mod.") for k in best)  # loadable without compile

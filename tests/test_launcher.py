@@ -51,15 +51,26 @@ def test_the_script_really_submitted_matches_the_golden_file(stage, tmp_path, fa
     assert text == (GOLDEN / f"{stage}_2x4gpu.sbatch").read_text()
 
 
-def test_golden_train_script_says_what_matters():
-    text = (GOLDEN / "train_2x4gpu.sbatch").read_text()
+def test_the_train_script_says_what_matters():
+    """What the golden files hold, read from the scripts the launcher makes now."""
+    profile = load_profile("slurm/profiles/example-2x4gpu.toml")
+    stages = _stages(profile)
+    text = sbatch_preview(stages["train"], profile, "/shared/jobs/r1",
+                          code="/shared/jobs/r1/code-20261124-120000")
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --signal=USR2@180", "#SBATCH --dependency=afterok:ID_OF_finalize",
                  "#SBATCH --kill-on-invalid-dep=yes", "module load cuda/12.4",
                  "cd /shared/jobs/r1/code-20261124-120000"):
         assert line in text
-    prepare = (GOLDEN / "prepare_2x4gpu.sbatch").read_text()
+    prepare = sbatch_preview(stages["prepare"], profile, "/shared/jobs/r1",
+                             code="/shared/jobs/r1/code-20261124-120000")
     assert "--array=0-63%64" in prepare and "gpus" not in prepare  # 32 tasks x 2 splits, CPU
+    # the profile is what sets them
+    other = load_profile("slurm/profiles/example-2x4gpu.toml", ["nodes=3", "gpus_per_node=2",
+                                                                 "signal_delay_s=300"])
+    text = sbatch_preview(_stages(other)["train"], other, "/j", code="/j/code")
+    assert "#SBATCH --nodes=3" in text and "#SBATCH --gpus-per-node=2" in text
+    assert "#SBATCH --signal=USR2@300" in text
 
 
 def test_profile_rejects_unknown_keys_with_the_valid_ones(tmp_path):
@@ -79,12 +90,14 @@ def test_pipeline_through_the_local_executor(synth_root, tmp_path, capsys):
     jobs, shards, run = tmp_path / "jobs", tmp_path / "shards", tmp_path / "run"
     assert shg(["submit", "pipeline", "--profile", "slurm/profiles/local.toml",
                 "--set", f"folder={jobs}", "--executor", "local", "--coco", str(synth_root),
-                "--shards", str(shards), "--shard-size", "16", "--config", "configs/tiny.toml",
+                "--shards", str(shards), "--shard-size", "16", "--crop-size", "128",
+                "--config", "configs/tiny.toml",
                 "--run", str(run), "model.features=16", "train.max_steps=4",
                 "eval.every_steps=2", "checkpoint.every_steps=2", "data.num_workers=0",
                 "eval.max_samples=8"]) == 0
     manifest = json.loads((shards / "manifest.json").read_text())
     assert set(manifest["splits"]) == {"train2017", "val2017"}
+    assert {m["crop"]["size"] for m in manifest["splits"].values()} == {128}  # --crop-size
     state = json.loads((run / "checkpoints" / "step-00000004" / "state.json").read_text())
     assert state["world_size"] == 2  # tasks_per_node = 2 in local.toml
     assert (run / "eval" / "pck.json").exists()
@@ -141,23 +154,37 @@ def test_snapshot_points_training_jobs_at_copies_of_their_configs(tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_training_job_from_the_profile(synth_shards, tmp_path):
+def test_deepspeed_training_job_from_the_profile_trains_and_resumes(small_shards, tmp_path):
     """ZeRO-1 over 2 Slurm-style tasks (submitit's local executor): the profile's DeepSpeed JSON
-    reaches the trainer, which writes DeepSpeed's checkpoint format."""
+    reaches the trainer, which writes DeepSpeed's checkpoint format; the same job submitted
+    again with more steps resumes from it."""
+    from helpers import metrics
     from shg.cli import main as shg
 
     jobs, run = tmp_path / "jobs", tmp_path / "run"
-    assert shg(["submit", "train", "--profile", "slurm/profiles/local.toml", "--set",
-                f"folder={jobs}", "--set", "deepspeed_config=configs/deepspeed_zero1.json",
-                "--executor", "local", "--shards", str(synth_shards), "--config",
-                "configs/tiny.toml", "--run", str(run), "model.features=16",
-                "train.max_steps=2", "eval.every_steps=2", "checkpoint.every_steps=2",
-                "data.num_workers=0", "eval.max_samples=8"]) == 0
+
+    def submit(steps: int) -> None:
+        assert shg(["submit", "train", "--profile", "slurm/profiles/local.toml", "--set",
+                    f"folder={jobs}", "--set", "deepspeed_config=configs/deepspeed_zero1.json",
+                    "--executor", "local", "--shards", str(small_shards), "--config",
+                    "configs/tiny.toml", "--run", str(run), "model.features=16",
+                    "model.stacks=1", f"train.max_steps={steps}", "eval.every_steps=2",
+                    "checkpoint.every_steps=2", "data.num_workers=0", "eval.max_samples=8",
+                    "train.log_every=1"]) == 0
+
+    submit(2)
     resolved = (run / "config.toml").read_text()
     assert "code-" in resolved and "deepspeed_zero1.json" in resolved
     step = run / "checkpoints" / "step-00000002"
     assert json.loads((step / "state.json").read_text())["world_size"] == 2
-    assert (step / "zero").is_dir()  # DeepSpeed's own format, not DCP
+    assert (step / "zero").is_dir() and not (step / "dcp").exists()  # DeepSpeed's own format
+    submit(4)
+    rows = metrics(run)
+    (event,) = [r for r in rows if r.get("event") == "resumed"]
+    assert (event["step"], event["from"]) == (2, str(step))
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # 3 and 4 after resuming
+    final = json.loads((run / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert final["samples_seen"] == 4 * 4 * 2  # tiny.toml's batch 4, 2 ranks
 
 
 def test_a_stopped_training_requeues_until_max_requeues_then_fails(monkeypatch, capsys):
@@ -211,3 +238,66 @@ def test_status_names_the_failed_job_up_the_chain(tmp_path, monkeypatch, capsys)
     assert rows["4"]["why"] == "exit 2:0"
     assert rows["6"]["why"] == "Dependency"  # still waiting
     assert "never ran: a job it depends on failed (prepare 1_1)" in capsys.readouterr().out
+
+
+def test_dry_run_prints_the_scripts_and_queues_nothing(tmp_path, capsys):
+    from shg.cli import main as shg
+
+    jobs = tmp_path / "jobs"
+    assert shg(["submit", "pipeline", "--profile", "slurm/profiles/example-2x4gpu.toml",
+                "--set", f"folder={jobs}", "--coco", "/data/coco", "--shards", "/s",
+                "--config", "configs/coco.toml", "--run", str(tmp_path / "r1"), "--dry-run",
+                "train.max_steps=7"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("prepare (array of 64)", "finalize", "train", "eval", "analyze (array of 3)"):
+        assert f"# ---- {stage}" in out
+    assert out.count("#SBATCH --nodes=2") >= 1 and "code-TIMESTAMP" in out
+    assert not jobs.exists()  # nothing submitted, no folder, no snapshot
+    assert shg(["submit", "eval", "--profile", "slurm/profiles/example-2x4gpu.toml",
+                "--set", f"folder={jobs}", "--shards", "/s", "--run", "/r", "--dry-run",
+                "--no-snapshot"]) == 0
+    assert "code-TIMESTAMP" not in capsys.readouterr().out  # the live checkout
+    assert not jobs.exists()
+
+
+def test_the_debug_executor_runs_the_job_here_and_status_reads_it(trained_run, small_shards,
+                                                                  tmp_path, capsys):
+    from shg.cli import main as shg
+
+    jobs = tmp_path / "jobs"
+    run = tmp_path / "run"
+    __import__("shutil").copytree(trained_run, run)
+    assert shg(["submit", "eval", "--profile", "slurm/profiles/local.toml", "--set",
+                f"folder={jobs}", "--executor", "debug", "--shards", str(small_shards),
+                "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    # in this process (debug: no snapshot), with the live checkout's code
+    assert f"shg: shg eval with code from {Path('shg').absolute()}" in out
+    assert json.loads((run / "eval" / "summary.json").read_text())["samples"] > 0
+    record = json.loads((jobs / "run" / "pipeline.json").read_text())
+    assert record["executor"] == "debug" and record["code"] is None
+    assert shg(["submit", "status", str(jobs / "run")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["stage", "job", "state"]
+    (row,) = [line for line in table[1:] if line.startswith("eval")]
+    assert row.split()[1] == record["jobs"]["eval"][0] and "COMPLETED" in row
+    assert shg(["submit", "status", str(tmp_path / "nowhere")]) == 2
+    assert "pipeline.json: not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_no_snapshot_jobs_run_the_live_checkout(trained_run, small_shards, tmp_path, capsys):
+    from shg.cli import main as shg
+
+    jobs = tmp_path / "jobs"
+    run = tmp_path / "run"
+    __import__("shutil").copytree(trained_run, run)
+    assert shg(["submit", "eval", "--profile", "slurm/profiles/local.toml", "--set",
+                f"folder={jobs}", "--executor", "local", "--no-snapshot", "--shards",
+                str(small_shards), "--run", str(run)]) == 0
+    record = json.loads((jobs / "run" / "pipeline.json").read_text())
+    assert record["code"] is None and not list((jobs / "run").glob("code-*"))
+    (job,) = record["jobs"]["eval"]
+    log = (jobs / "run" / job / f"{job}_0_log.out").read_text()
+    assert f"with code from {Path('shg').absolute()}" in log
+    assert (run / "eval" / "pck.json").is_file()

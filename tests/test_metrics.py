@@ -37,7 +37,10 @@ def test_pck_masks_zero_norm_and_never_visible_joint():
     assert r.per_joint[0, 0] == 1.0 and np.isnan(r.per_joint[0, 1])
     assert r.mean[0] == 1.0  # macro mean over joints with any valid instance
     t, curve, auc = pck_curve(pred, gt, visible, norm)
-    assert curve[0] == 0 and curve[-1] == 1 and 0 < auc < 1
+    # the one valid joint is sqrt(2) = 1.414 px off with norm 10: correct from t = 0.15 on
+    # (0.01 apart); area = half of the 0.14-0.15 step + 0.35, over the range 0.5
+    assert curve.tolist() == [0.0] * 15 + [1.0] * 36
+    assert auc == pytest.approx((0.005 + 0.35) / 0.5)
 
 
 def test_norms_and_epe():
@@ -70,9 +73,12 @@ def test_flip_back_restores_a_symmetric_prediction():
     # what an ideal network outputs on the flipped image: mirrored maps, left/right swapped
     on_flipped = original.flip(-1)[:, list(FLIP_INDEX)]
     assert torch.equal(flip_back(on_flipped, FLIP_INDEX), original)
-    c0, _ = decode_heatmaps(original)
-    c1, _ = decode_heatmaps(0.5 * (original + flip_back(on_flipped, FLIP_INDEX)))
-    assert torch.allclose(c0, c1)
+    # one peak, by hand: left wrist (9) at column 10 of the flipped image is the right wrist
+    # (10) at column 63 - 10 = 53 of the original
+    peak = torch.zeros(1, 17, 64, 64)
+    peak[0, 9, 20, 10] = 1.0
+    back = flip_back(peak, FLIP_INDEX)
+    assert back[0, 10, 20, 53] == 1.0 and back.sum() == 1.0
 
 
 def test_dark_recovers_a_subpixel_gaussian_peak():

@@ -129,3 +129,29 @@ def test_no_skips_and_a_narrow_bottleneck_run_and_are_described():
     rebuilt.load_state_dict(model.state_dict())  # same architecture from its description
     assert rebuilt.config() == {"stacks": 2, "features": 16, "joints": 5, "depth": 4,
                                 "skips": False, "bottleneck_features": 8}
+
+
+def test_shg_info_prints_the_parameters_and_flops_of_newells_network(capsys):
+    """`shg info --stacks 8`: the README's 25,437,960 parameters and 54.9 GFLOPs, the FLOPs
+    counted here independently (2 x multiply-adds of every convolution, from forward hooks)."""
+    from shg.cli import main as shg
+
+    model = StackedHourglass(stacks=8, features=256, joints=17).eval()
+    macs = []
+
+    def count(module, inputs, output):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        macs.append(output.numel() * module.in_channels * k // module.groups)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 256, 256))
+    for h in hooks:
+        h.remove()
+    gflops = 2 * sum(macs) / 1e9
+    assert round(gflops, 1) == 54.9
+    assert shg(["info", "--stacks", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: 25,437,960" in out
+    assert f"forward: {gflops:.2f} GFLOPs per 256x256 image" in out

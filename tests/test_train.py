@@ -1,51 +1,40 @@
 """Training end to end on a tiny SHG: loss falls, checkpoints are complete-or-absent and resume
-bit-identically after SIGKILL, NaN stops cleanly, mismatched weights are named."""
+bit-identically after SIGKILL and after a stop signal, NaN stops cleanly, mismatched weights
+are named. Every resume test proves the rerun resumed: it says so, metrics.jsonl records it,
+and it is given `nan:1`, which would stop a run that started over (helpers.STARTED_OVER)."""
 
 import json
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
+import shutil
+import signal
+import time
 
 import pytest
 import torch
 
+from helpers import COMMON, STARTED_OVER, assert_resumed, metrics, same, start_process, \
+    state, train_here, train_process, wait_for_step, weights
+from shg.cli import main as shg
 from shg.training.checkpoint import complete_checkpoints
 from shg.weights import load_weights
 
-TINY = ["model.stacks=2", "model.features=16", "train.batch_size=2", "data.num_workers=0",
-        "data.shuffle_buffer=8", "eval.max_samples=8", "eval.batch_size=8",
-        "optim.lr=0.002", "train.log_every=1", "train.deterministic=true"]
 
-
-def run_train(shards, run_dir, *extra, env=None, check=True):
-    cmd = [sys.executable, "-m", "shg.train", "--config", "configs/tiny.toml",
-           f"data.shards={shards}", f"run_dir={run_dir}", *TINY, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def weights(run_dir, step):
-    return load_weights(Path(run_dir) / "checkpoints" / f"step-{step:08d}")[0]
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_training_writes_a_complete_run_and_learns(synth_shards, tmp_path):
+def test_training_writes_a_complete_run_and_learns(small_shards, tmp_path):
     run = tmp_path / "run"
-    run_train(synth_shards, run, "train.max_steps=30", "eval.every_steps=15",
-              "checkpoint.every_steps=10", "checkpoint.keep=2")
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in rows if "loss" in r]
+    assert train_here(small_shards, run, "train.max_steps=30", "eval.every_steps=15",
+                      "checkpoint.every_steps=10", "checkpoint.keep=2") == 0
+    rows = metrics(run)
+    steps = [r for r in rows if "loss" in r]
+    losses = [r["loss"] for r in steps]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:3]) / 3
-    assert all(r["img_per_s"] > 0 for r in rows if "loss" in r)
+    # img/s is the samples trained since the last row over the wall time since then
+    for before, row in zip(steps, steps[1:]):
+        trained = row["samples_seen"] - before["samples_seen"]
+        assert trained == 2  # batch 2, one process, one step per row
+        assert row["img_per_s"] * (row["time"] - before["time"]) == pytest.approx(trained,
+                                                                                  rel=0.2)
     evals = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in evals] == [15, 30]
     assert all("pck_constant@0.5" in r and "pck_bbox@0.2" in r for r in evals)
@@ -55,19 +44,23 @@ def test_training_writes_a_complete_run_and_learns(synth_shards, tmp_path):
     info = json.loads((run / "best" / "info.json").read_text())
     best = max(r["pck_constant@0.5"] for r in evals)
     assert info["metrics"]["pck_constant@0.5"] == best
+    assert info["step"] == next(r["step"] for r in evals if r["pck_constant@0.5"] == best)
     by_loss = json.loads((run / "best_by_loss" / "info.json").read_text())
     lowest = min(evals, key=lambda r: r["val_loss"])
     assert by_loss["step"] == lowest["step"] and by_loss["metrics"]["val_loss"] == \
         lowest["val_loss"]
     cfg = (run / "config.toml").read_text()
-    assert "stacks = 2" in cfg and str(synth_shards) in cfg
-    assert (run / "tb").is_dir()
-    state = json.loads((run / "checkpoints" / "step-00000030" / "state.json").read_text())
-    assert state["step"] == 30 and state["samples_seen"] == 60
+    assert "stacks = 2" in cfg and str(small_shards) in cfg
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
+    assert state(run, 30)["step"] == 30 and state(run, 30)["samples_seen"] == 60
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["step"] == 30 and summary["best_step"] == info["step"]
+    assert not (run / "LOCK").exists()
 
 
-def test_best_is_chosen_by_pck_not_by_loss(synth_shards, tmp_path, monkeypatch):
+def test_best_is_chosen_by_pck_not_by_loss(small_shards, tmp_path, monkeypatch):
     """Feed validate() a PCK that falls while the loss falls: best/ must stay at the first."""
+    from helpers import overrides
     from shg.config import load_config
     from shg.training import trainer as train_mod
 
@@ -80,95 +73,124 @@ def test_best_is_chosen_by_pck_not_by_loss(synth_shards, tmp_path, monkeypatch):
                 "pck_bbox@0.5": 1.0 / n}
 
     monkeypatch.setattr(train_mod, "validate", fake_validate)
-    cfg = load_config("configs/tiny.toml", [f"data.shards={synth_shards}",
-                                            f"run_dir={tmp_path / 'r'}", *TINY,
-                                            "train.max_steps=6", "eval.every_steps=2",
-                                            "eval.thresholds=[0.5]", "eval.early_stop_patience=2"])
-    summary = train_mod.Trainer(cfg).fit()
+    cfg = load_config("configs/tiny.toml", overrides(
+        small_shards, tmp_path / "r", "train.max_steps=6", "eval.every_steps=2",
+        "eval.thresholds=[0.5]", "eval.early_stop_patience=2"))
+    trainer = train_mod.Trainer(cfg)
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
     info = json.loads((tmp_path / "r" / "best" / "info.json").read_text())
     assert info["step"] == 2 and summary["best_step"] == 2
     assert summary["step"] == 6 and len(calls) == 3  # stopped by patience 2 at step 6
+    by_loss = json.loads((tmp_path / "r" / "best_by_loss" / "info.json").read_text())
+    assert by_loss["step"] == 6  # the loss kept falling: the other rule picks the last
 
 
-def test_sigkill_anywhere_then_resume_is_bit_identical(synth_shards, tmp_path):
-    common = ["train.max_steps=6", "eval.every_steps=3", "checkpoint.every_steps=2",
-              "checkpoint.keep=2"]
-    ref = tmp_path / "ref"
-    run_train(synth_shards, ref, *common)
-    final = weights(ref, 6)
-
-    for fault in ("step:3", "save:4", "step:5"):
-        run = tmp_path / fault.replace(":", "-")
-        killed = run_train(synth_shards, run, *common, env={"SHG_FAULT": fault}, check=False)
-        assert killed.returncode == -9
-        if fault == "save:4":
+@pytest.mark.slow
+def test_sigkill_anywhere_then_resume_is_bit_identical(small_shards, reference_run, tmp_path,
+                                                       capsys):
+    """One run killed three times (mid-step, inside a save, after a save), each rerun picking
+    up from the newest complete checkpoint, ends with the reference's weights."""
+    run = tmp_path / "run"
+    for fault, resumes_from in (("step:3", None), ("save:4", 2), ("step:5", 2)):
+        guard = f",{STARTED_OVER}" if resumes_from else ""
+        killed = train_process(small_shards, run, *COMMON, faults=fault + guard, check=False)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        if resumes_from:
+            assert_resumed(run, resumes_from, killed.stdout)
+        if fault == "save:4":  # every file written, not renamed: no step-4 checkpoint
             assert (run / "checkpoints" / ".tmp-step-00000004").is_dir()
             assert [p.name for p in complete_checkpoints(run / "checkpoints")] == [
                 "step-00000002"]
-        resumed = run_train(synth_shards, run, *common)
-        expected_from = {"step:3": 2, "save:4": 2, "step:5": 4}[fault]
-        assert "resumed from" in resumed.stdout and f"at step {expected_from}" in resumed.stdout
-        assert same(weights(run, 6), final), f"weights differ after {fault}"
-        assert not list((run / "checkpoints").glob(".tmp-*"))
-
-    again = run_train(synth_shards, tmp_path / "ref", *common, "checkpoint.resume=none")
-    assert "resumed" not in again.stdout
-    assert same(weights(ref, 6), final)
+        assert (run / "LOCK").exists()  # a killed trainer cannot remove it (taken over next)
+    assert train_here(small_shards, run, *COMMON, faults=STARTED_OVER) == 0
+    assert_resumed(run, 4, capsys.readouterr().out)
+    assert same(weights(run, 6), weights(reference_run, 6))
+    assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
-def test_nan_loss_stops_with_last_checkpoint_intact(synth_shards, tmp_path):
+def test_resume_none_starts_over_on_a_run_with_checkpoints(small_shards, reference_run,
+                                                           tmp_path, capsys):
+    from helpers import CONFIG, overrides
+
+    run = tmp_path / "again"
+    shutil.copytree(reference_run, run)
+    before = len([r for r in metrics(run) if "loss" in r])
+    assert shg(["train", "--config", CONFIG, *overrides(small_shards, run, *COMMON),
+                "--resume", "none"]) == 0
+    assert "resumed" not in capsys.readouterr().out
+    rows = metrics(run)
+    assert [r["step"] for r in rows if "loss" in r][before:] == [1, 2, 3, 4, 5, 6]
+    assert not [r for r in rows if r.get("event") == "resumed"]
+    assert same(weights(run, 6), weights(reference_run, 6))  # deterministic from scratch
+
+
+def test_nan_loss_stops_with_last_checkpoint_intact(small_shards, tmp_path, capsys):
     run = tmp_path / "nan"
-    proc = run_train(synth_shards, run, "train.max_steps=6", "checkpoint.every_steps=2",
-                     "eval.every_steps=100", env={"SHG_FAULT": "nan:4"}, check=False)
-    assert proc.returncode == 3
-    assert "loss is nan at step 4" in proc.stderr and "step-00000002" in proc.stderr
+    assert train_here(small_shards, run, "train.max_steps=6", "checkpoint.every_steps=2",
+                      "eval.every_steps=100", faults="nan:4") == 3
+    err = capsys.readouterr().err
+    assert "loss is nan at step 4" in err and "step-00000002" in err
     assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["step-00000002"]
+    assert not (run / "summary.json").exists()  # not finished
+    assert not (run / "LOCK").exists()  # released on the error too
 
 
-def test_other_architecture_is_named(synth_shards, tmp_path):
+def test_a_malformed_fault_plan_is_refused(small_shards, tmp_path, capsys):
+    assert train_here(small_shards, tmp_path / "r", faults="nan:x") == 2
+    assert "SHG_FAULT='nan:x'" in capsys.readouterr().err
+
+
+def test_other_architecture_is_named(small_shards, tmp_path, capsys):
     run = tmp_path / "arch"
-    run_train(synth_shards, run, "train.max_steps=2", "checkpoint.every_steps=2",
-              "eval.every_steps=100")
-    proc = run_train(synth_shards, run, "train.max_steps=4", "model.stacks=3", check=False)
-    assert proc.returncode != 0
-    assert "weights do not fit this model" in proc.stderr and "missing: " in proc.stderr
-    assert re.search(r"(hourglasses|features_out|heads)\.2\.", proc.stderr)
-    assert "Traceback" not in proc.stderr
+    assert train_here(small_shards, run, "train.max_steps=2", "checkpoint.every_steps=2",
+                      "eval.every_steps=100") == 0
+    capsys.readouterr()
+    assert train_here(small_shards, run, "train.max_steps=4", "model.stacks=3") == 2
+    err = capsys.readouterr().err
+    assert "weights do not fit this model" in err and "missing: " in err
+    assert re.search(r"(hourglasses|features_out|heads)\.2\.", err)
+    assert "Traceback" not in err
 
 
-def test_export_gives_loadable_weights(synth_shards, tmp_path):
-    from shg.cli import main as shg
+def test_export_gives_loadable_weights(small_shards, tmp_path):
     from shg.models import StackedHourglass
 
     run = tmp_path / "exp"
-    run_train(synth_shards, run, "train.max_steps=2", "checkpoint.every_steps=2",
-              "eval.every_steps=2")
+    assert train_here(small_shards, run, "train.max_steps=2", "checkpoint.every_steps=2",
+                      "eval.every_steps=2") == 0
     assert shg(["export", "--run", str(run), "--out", str(tmp_path / "m.safetensors")]) == 0
     tensors, meta = load_weights(tmp_path / "m.safetensors")
     model = StackedHourglass(**meta["model"])
     model.load_state_dict(tensors)
-    assert len(meta["mean_rgb"]) == 3 and meta["crop_size"] == 256
+    best, _ = load_weights(run / "best")
+    assert same(tensors, best)
+    assert len(meta["mean_rgb"]) == 3 and meta["crop_size"] == 128 and meta["sigma"] == 1.0
     assert shg(["export", "--run", str(run), "--step", "2", "--out",
                 str(tmp_path / "s.safetensors")]) == 0
+    assert same(load_weights(tmp_path / "s.safetensors")[0], weights(run, 2))
     assert shg(["export", "--run", str(run), "--step", "5", "--out",
                 str(tmp_path / "x.safetensors")]) == 2
 
 
 def test_bf16_autocast_keeps_the_loss_curve_of_fp32(synth_shards, tmp_path):
-    """bf16 autocast (+ channels_last) is the CPU default only because it trains like fp32."""
+    """bf16 autocast (+ channels_last) is the CPU default only because it trains like fp32
+    (on the 256 px layout the default runs train on)."""
     curves = {}
     for precision in ("no", "bf16"):
         run = tmp_path / precision
-        run_train(synth_shards, run, "train.max_steps=16", f"mixed_precision={precision}",
-                  "eval.every_steps=100", "checkpoint.every_steps=100",
-                  "model.channels_last=true",
-                  # a steep curve to compare (zero heads start at the flat zero prediction)
-                  "model.zero_heads=false")
-        rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-        curves[precision] = [r["loss"] for r in rows if "loss" in r]
+        assert train_here(synth_shards, run, "train.max_steps=16", f"mixed_precision={precision}",
+                          "eval.every_steps=100", "checkpoint.every_steps=100",
+                          "model.channels_last=true",
+                          # a steep curve to compare (zero heads start at the flat zero prediction)
+                          "model.zero_heads=false") == 0
+        curves[precision] = [r["loss"] for r in metrics(run) if "loss" in r]
         assert f'mixed_precision = "{precision}"' in (run / "config.toml").read_text()
     fp32, bf16 = curves["no"], curves["bf16"]
     assert len(fp32) == len(bf16) == 16
+    assert bf16 != fp32  # autocast really computed in bf16
     assert bf16[0] == pytest.approx(fp32[0], rel=0.02)  # same init, same first batch
     # Early steps are chaotic (a 2e-3 learning rate on a fresh net); compare 4-step means.
     for i in range(0, 16, 4):
@@ -181,115 +203,106 @@ def test_bf16_autocast_keeps_the_loss_curve_of_fp32(synth_shards, tmp_path):
     assert sum(bf16[-4:]) < 0.1 * bf16[0] * 4  # and it learns
 
 
-def test_grad_accumulation_resumes_exactly(synth_shards, tmp_path):
+@pytest.mark.slow
+def test_grad_accumulation_resumes_exactly(small_shards, tmp_path, capsys):
     common = ["train.max_steps=4", "train.grad_accum=2", "eval.every_steps=100",
               "checkpoint.every_steps=2"]
-    run_train(synth_shards, tmp_path / "ref", *common)
+    assert train_here(small_shards, tmp_path / "ref", *common) == 0
     run = tmp_path / "killed"
-    assert run_train(synth_shards, run, *common, env={"SHG_FAULT": "step:3"},
-                     check=False).returncode == -9
-    run_train(synth_shards, run, *common)
+    assert train_process(small_shards, run, *common, faults="step:3",
+                         check=False).returncode == -signal.SIGKILL
+    capsys.readouterr()
+    assert train_here(small_shards, run, *common, faults=STARTED_OVER) == 0
+    assert_resumed(run, 2, capsys.readouterr().out)
     assert same(weights(run, 4), weights(tmp_path / "ref", 4))
-    state = json.loads((run / "checkpoints" / "step-00000004" / "state.json").read_text())
-    assert state["samples_seen"] == 4 * 2 * 2
+    assert state(run, 4)["samples_seen"] == 4 * 2 * 2
+    # 2 micro-batches a step: the resumed run read on from batch 4, so it cannot have
+    # re-used the 2 micro-batches of step 2 (the same weights prove the order too)
+    assert state(run, 2)["samples_seen"] == 2 * 2 * 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed on GPUs")
-def test_fp16_on_cpu_is_refused(synth_shards, tmp_path):
-    proc = run_train(synth_shards, tmp_path / "fp16", "mixed_precision=fp16", check=False)
-    assert proc.returncode == 2 and "fp16 needs a GPU" in proc.stderr
-
-
-def _row(line: str) -> dict:
-    try:
-        return json.loads(line)
-    except ValueError:  # a line cut by a kill
-        return {}
-
-
-def _wait_for_step(run, step, proc, timeout=120):
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return False
-        metrics = Path(run) / "metrics.jsonl"
-        if metrics.exists() and any(_row(l).get("step", 0) >= step
-                                    for l in metrics.read_text().splitlines() if l.strip()):
-            return True
-        time.sleep(0.2)
-    return False
-
-
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_stop_signal_saves_and_the_rerun_resumes_exactly(synth_shards, tmp_path, nproc):
-    """Slurm's warning signal before preemption/time-out: every rank finishes its step, a
-    checkpoint is saved collectively, exit 75; running again ends bit-identical."""
-    import signal as sig
-
-    common = ["train.max_steps=30", "eval.every_steps=100", "checkpoint.every_steps=100"]
-    args = ["--config", "configs/tiny.toml", f"data.shards={synth_shards}", *TINY, *common]
-    launch = ([sys.executable, "-m", "shg.train"] if nproc == 1 else
-              [sys.executable, "-m", "shg.cli", "train", "--nproc", "2"])
-    ref = tmp_path / "ref"
-    subprocess.run([*launch, *args, f"run_dir={ref}"], capture_output=True, check=True)
-    run = tmp_path / "sig"
-    cmd = [*launch, *args, f"run_dir={run}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    assert _wait_for_step(run, 5, proc), proc.communicate()[1][-3000:]
-    os.killpg(proc.pid, sig.SIGUSR2)  # Slurm signals every task of the job
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 75, err[-3000:]
-    saved = complete_checkpoints(run / "checkpoints")
-    assert len(saved) == 1
-    stopped_at = int(saved[0].name.split("-")[1])
-    assert 5 <= stopped_at < 30
-    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any(e.get("event", "").startswith("stopped by") for e in events)
-    assert json.loads((saved[0] / "state.json").read_text())["world_size"] == nproc
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"at step {stopped_at}" in resumed.stdout
-    assert same(weights(run, 30), weights(ref, 30))  # as if never stopped, 1 or 2 processes
+def test_fp16_on_cpu_is_refused(small_shards, tmp_path, capsys):
+    assert train_here(small_shards, tmp_path / "fp16", "mixed_precision=fp16") == 2
+    assert "fp16 needs a GPU" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_sigkill_of_a_whole_two_process_run_then_reruns_is_bit_identical(synth_shards,
-                                                                           tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_stop_signal_saves_and_the_rerun_resumes_exactly(small_shards, tmp_path, nproc,
+                                                         request, capsys):
+    """Slurm's warning signal before preemption/time-out: every rank finishes its step, a
+    checkpoint is saved collectively, exit 75 without summary.json and with RUN/LOCK released;
+    running again resumes there and ends bit-identical, its training time summed."""
+    reference = request.getfixturevalue("reference_run" if nproc == 1 else "reference_run_2proc")
+    steps = 6 if nproc == 1 else 10
+    common = [*COMMON, f"train.max_steps={steps}"]
+    run = tmp_path / "sig"
+    # hold:3 makes every rank wait after step 3 (not a checkpoint step) for the signal
+    proc = start_process(small_shards, run, *common, faults="hold:3", nproc=nproc)
+    assert wait_for_step(run, 3, proc), proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, signal.SIGUSR2)  # Slurm signals every task of the job
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    assert [p.name for p in complete_checkpoints(run / "checkpoints")] == [
+        "step-00000002", "step-00000003"]
+    stopped = [r for r in metrics(run) if "stopped by" in str(r.get("event", ""))]
+    assert [r["step"] for r in stopped] == [3] and "SIGUSR2" in stopped[0]["event"]
+    assert "stopped by a signal at step 3" in err + out
+    assert state(run, 3)["world_size"] == nproc
+    assert not (run / "summary.json").exists()  # stopped, not finished
+    assert not (run / "LOCK").exists()
+    first_seconds = state(run, 3)["train_seconds"]
+    assert first_seconds > 0
+    started = time.time()
+    if nproc == 1:
+        assert train_here(small_shards, run, *common, faults=STARTED_OVER) == 0
+        out = capsys.readouterr().out
+    else:
+        out = train_process(small_shards, run, *common, faults=STARTED_OVER, nproc=2).stdout
+    rerun_wall = time.time() - started
+    assert_resumed(run, 3, out)
+    assert same(weights(run, steps), weights(reference, steps))  # as if never stopped
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["step"] == steps
+    # the training time is summed over both starts: the first one's plus at least the rerun's
+    # steps (from its resumption to its last row), at most the rerun's whole wall time
+    rows = metrics(run)
+    resumed_at = next(r["time"] for r in rows if r.get("event") == "resumed")
+    added = summary["train_seconds"] - first_seconds
+    assert rows[-1]["time"] - resumed_at - 0.5 <= added <= rerun_wall
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_whole_two_process_run_then_reruns_is_bit_identical(
+        small_shards, reference_run_2proc, tmp_path):
     """The process group of a 2-process DDP run killed at seeded random moments, three
     times; the same command run again until it finishes ends with the weights of an
     uninterrupted 2-process run."""
     import random
-    import signal as sig
-    import time
 
-    common = ["train.max_steps=16", "eval.every_steps=5", "checkpoint.every_steps=3"]
-    cmd = [sys.executable, "-m", "shg.cli", "train", "--nproc", "2", "--config",
-           "configs/tiny.toml", f"data.shards={synth_shards}", *TINY, *common]
-    ref = tmp_path / "ref"
-    subprocess.run([*cmd, f"run_dir={ref}"], capture_output=True, check=True, timeout=600)
+    common = [*COMMON, "train.max_steps=10"]
     run = tmp_path / "killed"
     rng = random.Random(7)
     kills = 0
-    for at_step in (3, 7, 12):
-        proc = subprocess.Popen([*cmd, f"run_dir={run}"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        if _wait_for_step(run, at_step, proc):
-            time.sleep(rng.uniform(0.0, 1.5))  # mid-step, mid-validation or mid-save
-            os.killpg(proc.pid, sig.SIGKILL)
+    for at_step in (2, 5, 8):
+        proc = start_process(small_shards, run, *common, nproc=2)
+        if wait_for_step(run, at_step, proc):
+            time.sleep(rng.uniform(0.0, 1.0))  # mid-step, mid-validation or mid-save
+            os.killpg(proc.pid, signal.SIGKILL)
             kills += proc.wait() != 0
         else:
             proc.wait()
     assert kills >= 2
-    for _ in range(3):
-        done = subprocess.run([*cmd, f"run_dir={run}"], capture_output=True, text=True,
-                              timeout=600)
-        if done.returncode == 0:
-            break
+    saved = complete_checkpoints(run / "checkpoints")
+    assert saved, "no checkpoint survived three kills"
+    newest = int(saved[-1].name.split("-")[1])
+    done = train_process(small_shards, run, *common, nproc=2, check=False,
+                         faults=STARTED_OVER if newest < 10 else "")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((run / "checkpoints" / "step-00000016" / "state.json").read_text())[
-        "world_size"] == 2
-    assert same(weights(run, 16), weights(ref, 16))
+    if newest < 10:
+        assert_resumed(run, newest, done.stdout)
+    assert state(run, 10)["world_size"] == 2
+    assert same(weights(run, 10), weights(reference_run_2proc, 10))
     assert not list((run / "checkpoints").glob(".tmp-*"))
+

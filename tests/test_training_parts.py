@@ -54,11 +54,53 @@ def test_warmup_then_cosine():
     assert set_lr(opt, cfg, 4) == pytest.approx(0.5) and opt.param_groups[0]["lr"] == 0.5
 
 
-def test_precision_auto_follows_the_hardware(monkeypatch):
+def test_precision_auto_detects_the_hardware_itself():
+    """No stub: `auto` reads this machine's CPU flags (or the GPU), and the parser reads flags
+    lines, not substrings."""
+    from pathlib import Path
+
     from shg import config
 
-    monkeypatch.setattr(config, "native_bf16", lambda: True)
-    assert config.resolve_precision("auto") == "bf16"
-    monkeypatch.setattr(config, "native_bf16", lambda: False)
-    assert config.resolve_precision("auto") == "no"
+    if not torch.cuda.is_available():
+        flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+        native = bool(flags & {"avx512_bf16", "amx_bf16"})
+        assert config.native_bf16() is native
+        assert config.resolve_precision("auto") == ("bf16" if native else "no")
+    text = "processor\t: 0\nflags\t\t: fpu sse2 avx512f {}\nbugs\t\t: avx512_bf16\n"
+    assert config.native_bf16(text.format("avx512_bf16")) is True
+    assert config.native_bf16(text.format("amx_bf16 amx_tile")) is True
+    assert config.native_bf16(text.format("avx512_bf16x")) is False
+    assert config.native_bf16(text.format("avx2")) is False  # a 'bugs' line does not count
     assert config.resolve_precision("bf16") == "bf16" and config.resolve_precision("no") == "no"
+
+
+
+def test_deepspeed_gets_torch_autocast_and_our_batch_settings(tmp_path):
+    """bf16 reaches DeepSpeed as its torch_autocast (its own bf16 mode would keep bf16 weights
+    and break BatchNorm), whatever the user's JSON says; batch and clipping come from ours."""
+    import json
+
+    from shg.config import ConfigError
+    from shg.errors import UserError
+    from shg.training.distributed import deepspeed_config
+
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True},
+                                "fp16": {"enabled": True}, "train_batch_size": 999,
+                                "train_micro_batch_size_per_gpu": 1}))
+    cfg = load_config(None, [f"distributed.deepspeed_config={user}", "mixed_precision=bf16",
+                             "train.batch_size=6", "train.grad_accum=3", "train.clip_grad=2.5"])
+    ds = deepspeed_config(cfg)
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert "bf16" not in ds and "fp16" not in ds and "train_batch_size" not in ds
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
+            ds["gradient_clipping"]) == (6, 3, 2.5)
+    fp32 = deepspeed_config(load_config(None, [f"distributed.deepspeed_config={user}",
+                                               "mixed_precision=no"]))
+    assert "torch_autocast" not in fp32 and "bf16" not in fp32
+    user.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(UserError, match="ZeRO stage 3 is not supported"):
+        deepspeed_config(cfg)
+    with pytest.raises(ConfigError, match="nope.json not found"):
+        load_config(None, ["distributed.deepspeed_config=nope.json"])

@@ -169,7 +169,8 @@ def normalisations(rows: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, 
     # Image-pixel ground truth = the crop keypoints mapped back (exact: same affine).
     pred_i = np.stack([r["pred_image"] for r in rows])
     gt_i = np.stack([to_image(r["gt_crop"], r["affine"]) for r in rows])
-    return {"constant": (pred_c, gt_c, constant_norm(len(rows))),
+    crop_sizes = np.array([r["crop_size"] for r in rows], dtype=np.float64)
+    return {"constant": (pred_c, gt_c, constant_norm(len(rows), crop_sizes)),
             "bbox": (pred_i, gt_i, bbox_norm([r["bbox"][2:] for r in rows])),
             "torso": (pred_i, gt_i, torso_norm(gt_i, vis))}
 

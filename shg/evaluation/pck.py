@@ -57,8 +57,11 @@ def pck(pred, gt, visible, norm, thresholds) -> PCKResult:
     return PCKResult(thr, per_joint, mean, micro, count)
 
 
-def constant_norm(n: int, crop_size: float = 256.0) -> np.ndarray:
-    return np.full(n, CONSTANT_FRACTION * crop_size)
+def constant_norm(n: int, crop_size=256.0) -> np.ndarray:
+    """CONSTANT_FRACTION x the crop side, per instance (`crop_size`: one side or one per
+    instance)."""
+    return np.broadcast_to(CONSTANT_FRACTION * np.asarray(crop_size, dtype=np.float64),
+                           (n,)).copy()
 
 
 def bbox_norm(boxes_wh) -> np.ndarray:

@@ -35,6 +35,13 @@ def make_accelerator(cfg):
 
     cpu = not torch.cuda.is_available()
     deepspeed = bool(cfg.distributed.deepspeed_config)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        # Accelerate's state is one per process; a process that trains several runs one after
+        # another (a notebook, the tests, an AE study) starts each from a fresh one, with its
+        # own mixed precision. (A private API, the one Accelerate's own tests use.)
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     # Only for real multi-process launches: given to a single process, Accelerate would ask
     # for a process group that nobody initialised.
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1 or deepspeed
@@ -142,11 +149,20 @@ class StopSignals:
 
     def __init__(self, names: list[str]):
         self.received: str | None = None
+        self._previous = {}
         for name in names:
-            signal.signal(getattr(signal, f"SIG{name}"), self._handle)
+            sig = getattr(signal, f"SIG{name}")
+            self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before (training in a process that goes on:
+        a notebook, a test, a study of several runs)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
     def agreed(self, accelerator) -> bool:
         """True on every rank as soon as any rank got a stop signal."""

@@ -17,8 +17,11 @@ def train(cfg) -> dict:
     from .trainer import Trainer
 
     trainer = Trainer(cfg)
-    with trainer.holding_run():
-        return trainer.fit()
+    try:
+        with trainer.holding_run():
+            return trainer.fit()
+    finally:
+        trainer.close()
 
 
 def run(cfg, hard_exit: bool = True) -> int:

@@ -18,12 +18,14 @@ from .distributed import batchnorm_mode
 from .optim import make_optimizer
 
 
-def resolved(cfg):
+def resolved(cfg, train_split: dict):
     """A copy of the config with the values decided at run time filled in (what config.toml
     records): mixed_precision "auto" becomes the precision used, data.augment_on "auto" the
-    place augmentation runs. The caller's config is kept."""
-    data = dataclasses.replace(cfg.data, augment_on=resolve_augment_on(
-        cfg.data.augment_on, torch.cuda.is_available()))
+    place augmentation runs, data.heatmap_size 0 a quarter of the training split's crops
+    (`train_split`: its manifest entry). The caller's config is kept."""
+    data = dataclasses.replace(
+        cfg.data, augment_on=resolve_augment_on(cfg.data.augment_on, torch.cuda.is_available()),
+        heatmap_size=cfg.data.heatmap_size or train_split["crop"]["size"] // 4)
     return dataclasses.replace(cfg, mixed_precision=resolve_precision(cfg.mixed_precision),
                                data=data)
 
@@ -41,7 +43,7 @@ def data_facts(cfg) -> dict:
         check_split(cfg.data.shards, split)  # every listed shard there, with its samples
     train = manifest["splits"][cfg.data.train_split]
     crop = train["crop"]["size"]
-    if cfg.data.heatmap_size * 4 != crop:
+    if cfg.data.heatmap_size and cfg.data.heatmap_size * 4 != crop:
         raise ConfigError(f"data.heatmap_size={cfg.data.heatmap_size}: the SHG outputs "
                           f"{crop // 4} (a quarter of the {crop} px crops)")
     return train

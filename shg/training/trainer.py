@@ -68,13 +68,14 @@ class Progress:
 class Trainer:
     def __init__(self, cfg):
         faults.arm()
-        self.cfg = cfg = resolved(cfg)
         train_split = data_facts(cfg)
+        self.cfg = cfg = resolved(cfg, train_split)
         self.accelerator, ds_config = make_accelerator(cfg)
         check_launch(cfg, self.accelerator)
         self.deepspeed = ds_config is not None
         self.is_main = self.accelerator.is_main_process
         self.run_dir = Path(cfg.run_dir)
+        self._deterministic_before = torch.are_deterministic_algorithms_enabled()
         if cfg.train.deterministic:
             # cuBLAS needs a fixed workspace to be deterministic (read when CUDA starts)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -89,6 +90,7 @@ class Trainer:
                          "crop_size": train_split["crop"]["size"],
                          "crop_enlarge": train_split["crop"]["enlarge"], "sigma": cfg.data.sigma}
         self.logger = None
+        self.signals: StopSignals | None = None
         self.stopped_by_signal = False
         self._skipped_pending = 0
         self._rate_from = (0.0, 0)
@@ -118,10 +120,9 @@ class Trainer:
     def fit(self) -> dict:
         self.resume()
         cfg, acc, progress = self.cfg, self.accelerator, self.progress
-        self.logger = MetricsLogger(self.run_dir, self.is_main)
         stream, loader = train_stream(cfg, acc, progress.step)
         bar = self._bar()
-        signals = StopSignals(cfg.train.stop_signals)
+        self.signals = signals = StopSignals(cfg.train.stop_signals)
         accum, micro, loss_acc = cfg.train.grad_accum, 0, 0.0
         self._rate_from = (time.perf_counter(), progress.samples_seen)
         self._clock = (time.perf_counter(), progress.train_seconds)
@@ -149,6 +150,7 @@ class Trainer:
             saved = self.checkpointer.due(progress.step, final or early_stop)
             if saved:
                 self.save()
+            faults.hold_if(progress.step, signals, self.run_dir)
             if not final and signals.agreed(acc):
                 self.stop_on_signal(signals.received, saved, bar)
                 break
@@ -157,15 +159,25 @@ class Trainer:
                               f"without a better {self.selection.label}")
                 break
         bar.close()
-        self.logger.close()
         acc.wait_for_everyone()
         acc.end_training()
         return self.summary()
 
+    def close(self) -> None:
+        """Leave the process as training found it: signal handlers, the deterministic-algorithms
+        flag, the metrics file (a process may go on: a notebook, a test, several runs)."""
+        if self.signals is not None:
+            self.signals.restore()
+        if self.logger is not None:
+            self.logger.close()
+        torch.use_deterministic_algorithms(self._deterministic_before)
+
     # ------------------------------------------------------------------------------ its steps
     def resume(self) -> None:
-        """Continue from the checkpoint checkpoint.resume names, then record the config."""
+        """Continue from the checkpoint checkpoint.resume names, then record the config and
+        open the metrics log (a resumption is a row of its own there)."""
         point = self.checkpointer.resume_point()
+        resumed = None
         if point is not None:
             from ..weights import check_compatible, load_weights
 
@@ -174,6 +186,8 @@ class Trainer:
             state = self.checkpointer.load(point, self.model, self.optimizer)
             self.progress = Progress.from_state(state, self.selection)
             world = self.accelerator.num_processes
+            resumed = {"step": self.progress.step, "event": "resumed", "from": str(point),
+                       "saved_by_processes": state["world_size"], "processes": world}
             if self.is_main:
                 print(f"resumed from {point} at step {self.progress.step}"
                       + (f" (saved by {state['world_size']} processes, now {world}: "
@@ -182,6 +196,9 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic.write_text(self.run_dir / "config.toml", dump_toml(self.cfg))
+        self.logger = MetricsLogger(self.run_dir, self.is_main)
+        if resumed:
+            self.logger.log(resumed)
 
     def forward_backward(self, batch: dict, last_micro: bool) -> float:
         """One micro-batch: forward, loss, backward (gradients synchronised on the last one);
