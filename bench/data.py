@@ -32,8 +32,8 @@ from PIL import Image
 def folder_reader(folder: Path, cfg, batches: int, batch_size: int) -> int:
     """The usual per-file loader: list the folder, PIL-decode each PNG, PIL-warp, same targets,
     uint8 CHW batches (as the shard reader ships)."""
-    from shards.keypoints import FLIP_INDEX
-    from shards.sample import augmentation_matrix, heatmaps
+    from shards.sample import augmentation_matrix, codec
+    from shards.schema import COCO_PERSON
 
     files = sorted(folder.glob("*.png"))
     rng = np.random.default_rng(0)
@@ -52,8 +52,8 @@ def folder_reader(folder: Path, cfg, batches: int, batch_size: int) -> int:
             lab = kps[:, 2] > 0
             kps[lab, :2] = kps[lab, :2] @ m[:, :2].T + m[:, 2]
             if flipped:
-                kps = kps[list(FLIP_INDEX)]
-            target, _ = heatmaps(kps, 256, cfg)
+                kps = kps[list(COCO_PERSON.flip_index)]
+            target, _ = codec(cfg, 256).encode(kps, cfg.occluded_weight)
             images.append(np.asarray(image).transpose(2, 0, 1))
             maps.append(target)
         np.stack(images), np.stack(maps)
@@ -81,6 +81,7 @@ def main() -> None:
     from shards.manifest import read_manifest
     from shards.reader import TrainStream, read_shard
     from shards.sample import SampleConfig, decode_png, device_augment
+    from shards.schema import COCO_PERSON
     from shg.synth import SynthOptions, synthesize
 
     torch.set_num_threads(1)  # one worker's share of the machine, for every row
@@ -119,8 +120,9 @@ def main() -> None:
         rate0, _ = reader(0, "loader")
         device_reader, device_batches = reader(1, "device")
         cfg = SampleConfig(augment_on="device")
-        device_augment(device_batches[0], cfg, "cpu")
-        aug_s, _ = timed(lambda: [device_augment(b, cfg, "cpu") for b in device_batches])
+        device_augment(device_batches[0], cfg, "cpu", COCO_PERSON)
+        aug_s, _ = timed(lambda: [device_augment(b, cfg, "cpu", COCO_PERSON)
+                                  for b in device_batches])
         size1 = sum(p.stat().st_size for p in (tmp / "shards1").glob("*.tar"))
         size0 = sum(p.stat().st_size for p in (tmp / "shards0").glob("*.tar"))
         result = {

@@ -63,7 +63,7 @@ def main() -> None:
                   for i, im in coco.imgs.items()}
         dets = load_detections(tmp / "dets.json", {i: (v.width, v.height)
                                                    for i, v in images.items()})
-        crops = BoxCrops(dets, images, tmp / "coco" / "val2017", CropParams(), 32, (0, 0, 0))
+        crops = BoxCrops(dets, images, tmp / "coco" / "val2017", CropParams(), 32, (0, 0, 0), 17)
         t = time.perf_counter()
         cut = sum(len(b["key"]) for b in crops)
         crop_rate = cut / (time.perf_counter() - t)

@@ -52,10 +52,6 @@ class TrainJob:
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             os.environ.setdefault("LOCAL_WORLD_SIZE", str(env.num_tasks // env.num_nodes))
-            import torch
-
-            if not torch.cuda.is_available():
-                os.environ["ACCELERATE_USE_CPU"] = "true"
         from shg.config import load_config
         from shg.errors import EXIT_REQUEUE
         from shg.training import run

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
-from .coco import SKIP_REASONS, ImageJob, Plan, make_plan
+from .coco import SKIP_REASONS, ImageJob, Plan, annotation_path, make_plan
 from .crop import CropParams, ImageSkip, crop_box, cut, open_for_crops, to_crop
 from .manifest import MANIFEST, DataError, read_manifest
+from .mpii import make_mpii_plan
 
 # Lossless either way. Measured on 256x256 crops here: zlib level 1, Huffman-only coding and
 # the PNG "Up" filter on every row encode 10x faster than PIL's default (level 6, adaptive
@@ -35,11 +36,26 @@ from .manifest import MANIFEST, DataError, read_manifest
 PNG_COMPRESS_LEVEL = 1
 
 
+FORMATS = ("coco", "mpii")
+
+
 @dataclass
 class BuildOptions:
-    coco_root: str
-    split: str
-    out: str
+    coco_root: str = ""
+    """A COCO root: ROOT/annotations/person_keypoints_SPLIT.json and the images in ROOT/SPLIT/
+    (or give `ann` and `images`)."""
+    split: str = ""
+    out: str = ""
+    ann: str = ""
+    """The annotation file (any layout in COCO format, or MPII's JSON with format="mpii")."""
+    images: str = ""
+    """The folder the annotation file's image names are relative to."""
+    format: str = "coco"
+    category: str = ""
+    """COCO format: the keypoint category to take (a name or id); default: every category
+    that has the file's keypoint list."""
+    schema: str = ""
+    """A schema file (TOML) correcting or completing the data's keypoint schema."""
     shard_size: int = 1000
     workers: int = 1
     task_index: int = 0
@@ -57,6 +73,14 @@ class BuildOptions:
     """The square around each box is enlarged by this (the thesis: 1.1)."""
 
     def __post_init__(self) -> None:
+        if not self.split or not self.out:
+            raise DataError("give a split name and an output directory")
+        if self.format not in FORMATS:
+            raise DataError(f"format {self.format!r}; valid: {', '.join(FORMATS)}")
+        if bool(self.ann) != bool(self.images) or not (self.ann or self.coco_root):
+            raise DataError("give --coco ROOT, or --ann FILE with --images DIR")
+        if self.format == "mpii" and not self.ann:
+            raise DataError("--format mpii needs --ann FILE --images DIR")
         if self.crop_size < 64 or self.crop_size % 64:
             raise DataError(f"crop size must be a multiple of 64 (64, 128, 192, 256, ...), "
                             f"not {self.crop_size}")
@@ -73,6 +97,23 @@ class BuildOptions:
             raise DataError("png_level must be in 0..9")
         if self.min_keypoints < 0:
             raise DataError("min_keypoints must be >= 0")
+
+
+    @property
+    def annotation_file(self) -> Path:
+        return Path(self.ann) if self.ann else annotation_path(self.coco_root, self.split)
+
+    @property
+    def image_root(self) -> Path:
+        return Path(self.images) if self.images else Path(self.coco_root) / self.split
+
+    def plan(self) -> Plan:
+        """Which persons become samples (from the annotation file alone)."""
+        if self.format == "mpii":
+            return make_mpii_plan(self.annotation_file, self.image_root, self.split,
+                                  self.min_keypoints, self.seed, self.schema or None)
+        return make_plan(self.annotation_file, self.split, self.min_keypoints, self.seed,
+                         self.category or None, self.schema or None)
 
 
 class StrictError(DataError):
@@ -132,6 +173,7 @@ def _crop_image(args: tuple[str, ImageJob, CropParams, int]) -> dict:
         meta = {
             "image_id": job.image_id,
             "ann_id": person.ann_id,
+            "category_id": person.category_id,
             "file_name": job.file_name,
             "image_size": [job.width, job.height],
             "bbox": list(person.bbox),
@@ -140,6 +182,7 @@ def _crop_image(args: tuple[str, ImageJob, CropParams, int]) -> dict:
             "num_keypoints": int(labelled.sum()),
             "affine": box.affine(params.size).tolist(),
             "crop_size": params.size,
+            **person.extra,
         }
         result["samples"].append({"__key__": f"{job.image_id}_{person.ann_id}",
                                   "png": png,
@@ -183,19 +226,20 @@ def build(opts: BuildOptions, params: CropParams | None = None, log=print) -> di
 
     out = Path(opts.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    plan = make_plan(opts.coco_root, opts.split, opts.min_keypoints, opts.seed)
+    plan = opts.plan()
     # A split with no eligible person still gets one (empty) shard, so its manifest entry
     # exists and says why it is empty (the filtered and skipped counts).
     shards = shard_plan(plan, opts.shard_size) or [[]]
     if plan.first_offender and opts.strict:
         raise StrictError(f"--strict: {plan.first_offender}")
     fingerprint = {"annotation_sha256": plan.annotation_sha256, "shard_size": opts.shard_size,
-                   "min_keypoints": opts.min_keypoints, "seed": opts.seed, "crop": asdict(params)}
+                   "min_keypoints": opts.min_keypoints, "seed": opts.seed, "crop": asdict(params),
+                   "schema": plan.schema.to_dict()}
     _check_existing_parts(out, opts.split, fingerprint)
     mine = [i for i in range(len(shards)) if i % opts.num_tasks == opts.task_index]
     todo = [i for i in mine if not (out / shard_name(opts.split, i)).exists()
             or not _part_path(out, opts.split, i).exists()]
-    image_root = Path(opts.coco_root) / opts.split
+    image_root = opts.image_root
     if len(todo) < len(mine):
         log(f"{len(mine) - len(todo)} of {len(mine)} shards already complete, skipping them")
 
@@ -309,7 +353,8 @@ def _close_shard(state: dict, out: Path, split: str, plan: Plan, params: CropPar
                  "annotation_sha256": plan.annotation_sha256,
                  "planned_persons": plan.num_persons, "planned_images": len(plan.images),
                  "filtered": dict(plan.filtered), "skipped": dict(plan.skipped),
-                 "dropped_keypoints": dict(plan.dropped_keypoints)},
+                 "dropped_keypoints": dict(plan.dropped_keypoints),
+                 "schema": plan.schema.to_dict()},
         "crop": asdict(params),
     }
     # The part is written before the rename: a shard that exists always has its statistics.
@@ -357,6 +402,7 @@ def finalize(out: str | Path, split: str) -> dict:
         "source": {"annotation_file": plan["annotation_file"],
                    "annotation_sha256": plan["annotation_sha256"]},
         "planned_persons": plan["planned_persons"],
+        "schema": plan["schema"],
         "crop": loaded[0]["crop"],
         "filtered": plan["filtered"],
         "skipped": {k: skipped[k] for k in SKIP_REASONS if skipped[k]},

@@ -1,7 +1,11 @@
-"""Reading COCO person-keypoint annotations and deciding which persons become samples.
+"""Reading COCO-format keypoint annotations (any keypoint layout) and deciding which persons
+become samples.
 
 Everything decided here needs only the json (no pixels), so every task of a Slurm array
-computes the same plan and can pick its own disjoint part of it.
+computes the same plan and can pick its own disjoint part of it. The keypoint schema comes
+from the annotation file's category (shards/schema.py); every annotation of that category
+must have 3 x joints keypoint values (another count is an error naming it: a schema that is
+not the data's would otherwise corrupt every sample).
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import math
 import random
 from collections import Counter
@@ -18,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .keypoints import NUM_KEYPOINTS
-from .manifest import DataError
+from .manifest import DataError, read_json_file
+from .schema import KeypointSchema, SchemaError, apply_schema_file, from_category
 
 # Reasons a person annotation is not eligible by choice (not an error in the data).
-FILTER_REASONS = ("iscrowd", "too_few_keypoints")
+FILTER_REASONS = ("iscrowd", "too_few_keypoints", "other_category")
 # Reasons that mean the input is bad; `--strict` turns any of these into a failure.
 SKIP_REASONS = ("malformed_annotation", "bad_bbox", "bbox_outside_image", "missing_image",
                 "corrupt_image", "size_mismatch", "unknown_image")
@@ -34,6 +37,9 @@ class Person:
     bbox: tuple[float, float, float, float]
     keypoints: np.ndarray  # (K, 3) image pixels + COCO visibility, unlabelled rows are 0
     area: float
+    category_id: int = 1
+    extra: dict = field(default_factory=dict)
+    """Stored with the sample as they are (MPII's head box)."""
 
 
 @dataclass
@@ -62,6 +68,7 @@ class Plan:
     skipped: Counter
     dropped_keypoints: Counter
     first_offender: str | None
+    schema: KeypointSchema | None = None
 
     @property
     def num_persons(self) -> int:
@@ -77,13 +84,7 @@ def load_coco(path: str | Path):
     from pycocotools.coco import COCO
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: annotation file not found")
-    raw = path.read_bytes()
-    try:
-        dataset = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    dataset, raw = read_json_file(path)
     for key in ("images", "annotations"):
         if not isinstance(dataset, dict) or not isinstance(dataset.get(key), list):
             raise DataError(f"{path}: not a COCO annotation file (no '{key}' list)")
@@ -94,6 +95,8 @@ def load_coco(path: str | Path):
     for ann in dataset["annotations"]:
         ok = isinstance(ann, dict) and all(k in ann for k in ("id", "image_id", "category_id"))
         (good if ok else bad).append(ann)
+        if ok:
+            _complete(ann)
     dataset["annotations"] = good
     coco = COCO()
     coco.dataset = dataset
@@ -106,22 +109,83 @@ def load_coco(path: str | Path):
     return coco, hashlib.sha256(raw).hexdigest()
 
 
-def _parse_person(ann: dict) -> tuple[tuple[float, ...], np.ndarray]:
+def _complete(ann: dict) -> None:
+    """Fields real files leave out, as COCO defines them (pycocotools and COCOeval need them):
+    iscrowd 0, num_keypoints the labelled keypoints (OneHand10K), area the box's (CrowdPose)."""
+    ann.setdefault("iscrowd", 0)
+    kps = ann.get("keypoints")
+    if "num_keypoints" not in ann and isinstance(kps, list):
+        ann["num_keypoints"] = sum(1 for v in kps[2::3] if isinstance(v, (int, float)) and v > 0)
+    box = ann.get("bbox")
+    if "area" not in ann and isinstance(box, list) and len(box) == 4 and \
+            all(isinstance(v, (int, float)) for v in box):
+        ann["area"] = float(box[2] * box[3])
+
+
+def _parse_person(ann: dict, joints: int, path: Path) -> tuple[tuple[float, ...], np.ndarray]:
     bbox = tuple(float(v) for v in ann["bbox"])
     kps = np.asarray(ann["keypoints"], dtype=np.float64)
-    if len(bbox) != 4 or kps.shape != (NUM_KEYPOINTS * 3,):
-        raise ValueError("bbox must have 4 numbers and keypoints 51")
-    return bbox, kps.reshape(NUM_KEYPOINTS, 3)
+    if len(bbox) != 4 or kps.ndim != 1:
+        raise ValueError("bbox must have 4 numbers and keypoints a flat list")
+    if kps.shape != (joints * 3,):
+        raise SchemaError(f"{path}: annotation {ann.get('id', '?')} has {kps.size} keypoint "
+                          f"values; its category's {joints} joints need {joints * 3} (x, y, v "
+                          "each)")
+    return bbox, kps.reshape(joints, 3)
 
 
-def make_plan(root: str | Path, split: str, min_keypoints: int = 1, seed: int = 0) -> Plan:
-    """Eligible persons grouped by image, images in a seeded random order.
+def drop_outside_image(kps: np.ndarray, width: int, height: int, dropped: Counter) -> int:
+    """Unlabel (in place) the labelled keypoints outside the image, counting them in
+    `dropped["outside_image"]`; returns how many stay labelled."""
+    labelled = kps[:, 2] > 0
+    outside = labelled & ((kps[:, 0] < 0) | (kps[:, 0] >= width) |
+                          (kps[:, 1] < 0) | (kps[:, 1] >= height))
+    if outside.any():
+        dropped["outside_image"] += int(outside.sum())
+        kps[outside] = 0.0
+    return int((kps[:, 2] > 0).sum())
+
+
+def plan_schema(dataset: dict, path: Path, category: str | int | None = None,
+                schema_file: str | None = None) -> KeypointSchema:
+    """The keypoint schema of an annotation file: its keypoint category (`category`: a name or
+    id, needed when categories with different keypoint lists share the file), all categories
+    with the same keypoint list (AP-10K: 54 species), then a schema file's corrections."""
+    cats = [c for c in dataset.get("categories", []) if isinstance(c, dict)]
+    if category not in (None, ""):
+        wanted = [c for c in cats if str(c.get("id")) == str(category)
+                  or c.get("name") == category]
+        if not wanted:
+            raise SchemaError(f"{path}: no category {category!r} (have: " + ", ".join(
+                f"{c.get('id')} {c.get('name')!r}" for c in cats[:8]) + ")")
+        chosen = wanted[:1]
+    else:
+        with_keypoints = [c for c in cats if c.get("keypoints")]
+        if not with_keypoints:
+            named = ", ".join(repr(c.get("name", c.get("id"))) for c in cats[:5]) or "none"
+            raise SchemaError(f"{path}: no category has a 'keypoints' list (categories: "
+                              f"{named}): not a keypoint annotation file")
+        lists = {tuple(c["keypoints"]) for c in with_keypoints}
+        if len(lists) > 1:
+            raise SchemaError(f"{path}: categories with {len(lists)} different keypoint lists; "
+                              "choose one with --category NAME|ID")
+        chosen = with_keypoints
+    schema = from_category(chosen[0], str(path), tuple(c["id"] for c in chosen if "id" in c))
+    return apply_schema_file(schema, schema_file) if schema_file else schema
+
+
+def make_plan(path: str | Path, split: str, min_keypoints: int = 1, seed: int = 0,
+              category: str | int | None = None, schema_file: str | None = None) -> Plan:
+    """Eligible persons (instances of the schema's categories) grouped by image, images in a
+    seeded random order, from the annotation file `path`.
 
     The order is shuffled so each shard mixes the whole split (good for streaming training);
     it is still a pure function of the json and the seed.
     """
-    path = annotation_path(root, split)
+    path = Path(path)
     coco, sha = load_coco(path)
+    schema = plan_schema(coco.dataset, path, category, schema_file)
+    wanted = set(schema.categories)
     filtered, skipped, dropped = Counter(), Counter(), Counter()
     first: list[str] = []
 
@@ -133,11 +197,10 @@ def make_plan(root: str | Path, split: str, min_keypoints: int = 1, seed: int = 
     for ann in coco.malformed:
         ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
         skip("malformed_annotation", f"annotation {ann_id} (lacks id/image_id/category_id)")
-    persons = {c["id"] for c in coco.dataset["categories"]
-               if isinstance(c, dict) and c.get("name") == "person"}
     jobs: dict[int, ImageJob] = {}
     for ann in coco.dataset["annotations"]:
-        if persons and ann["category_id"] not in persons:
+        if wanted and ann["category_id"] not in wanted:
+            filtered["other_category"] += 1
             continue
         ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
         try:
@@ -149,7 +212,9 @@ def make_plan(root: str | Path, split: str, min_keypoints: int = 1, seed: int = 
                 skip("unknown_image", f"annotation {ann_id}")
                 continue
             width, height = int(image["width"]), int(image["height"])
-            bbox, kps = _parse_person(ann)
+            bbox, kps = _parse_person(ann, schema.num_joints, path)
+        except SchemaError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError):
             skip("malformed_annotation", f"annotation {ann_id}")
             continue
@@ -160,25 +225,20 @@ def make_plan(root: str | Path, split: str, min_keypoints: int = 1, seed: int = 
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
             skip("bbox_outside_image", f"annotation {ann_id} bbox {list(bbox)}")
             continue
-        labelled = kps[:, 2] > 0
-        outside = labelled & ((kps[:, 0] < 0) | (kps[:, 0] >= width) |
-                              (kps[:, 1] < 0) | (kps[:, 1] >= height))
-        if outside.any():
-            dropped["outside_image"] += int(outside.sum())
-            kps[outside] = 0.0
-        if int((kps[:, 2] > 0).sum()) < min_keypoints:
+        if drop_outside_image(kps, width, height, dropped) < min_keypoints:
             filtered["too_few_keypoints"] += 1
             continue
         job = jobs.get(image["id"])
         if job is None:
             job = jobs[image["id"]] = ImageJob(int(image["id"]), str(image["file_name"]),
                                                width, height)
-        job.persons.append(Person(int(ann["id"]), bbox, kps, float(ann.get("area", w * h))))
+        job.persons.append(Person(int(ann["id"]), bbox, kps, float(ann.get("area", w * h)),
+                                  int(ann["category_id"])))
 
     images = [jobs[k] for k in sorted(jobs)]
     for job in images:
         job.persons.sort(key=lambda p: p.ann_id)
     random.Random(seed).shuffle(images)
     return Plan(split, images, str(path.absolute()), sha, filtered, skipped, dropped,
-                first[0] if first else None)
+                first[0] if first else None, schema)
 

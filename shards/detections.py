@@ -11,7 +11,6 @@ workers, split over ranks, every box once.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -23,10 +22,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .crop import CropBox, CropParams, ImageSkip, crop_box, cut, open_for_crops, to_crop
-from .keypoints import NUM_KEYPOINTS
-from .manifest import DataError
+from .manifest import DataError, read_json_file
 from .reader import collate
-from .sample import SampleConfig, heatmaps
+from .sample import SampleConfig, codec
 
 PERSON = 1
 REQUIRED = ("image_id", "category_id", "bbox", "score")
@@ -39,6 +37,7 @@ class Detection:
     image_id: int
     bbox: tuple[float, float, float, float]
     score: float
+    category_id: int = PERSON
 
 
 @dataclass
@@ -60,18 +59,14 @@ def _number(value) -> bool:
 
 
 def load_detections(path: str | Path, image_sizes: dict[int, tuple[int, int]],
-                    score_threshold: float = 0.0) -> Detections:
-    """The usable person boxes of a detection-results file; `image_sizes` maps the annotation
-    file's image ids to (width, height). A box not used is counted under one reason (decided
-    from the JSON alone): other_category, bad_score, bad_box, below_threshold, unknown_image,
-    outside_image. (Unreadable images are counted by BoxCrops: open_for_crops's reasons.)"""
+                    score_threshold: float = 0.0, categories=(PERSON,)) -> Detections:
+    """The usable boxes of a detection-results file; `image_sizes` maps the annotation file's
+    image ids to (width, height), `categories` are the keypoint schema's (person: 1). A box not
+    used is counted under one reason (decided from the JSON alone): other_category, bad_score,
+    bad_box, below_threshold, unknown_image, outside_image. (Unreadable images are counted by
+    BoxCrops: open_for_crops's reasons.)"""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: boxes file not found")
-    try:
-        entries = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    entries, _ = read_json_file(path, "boxes file")
     if not isinstance(entries, list):
         raise DataError(f"{path}: expected a list of detections (COCO results format: "
                         f"image_id, category_id, bbox, score), got a {type(entries).__name__}")
@@ -96,8 +91,9 @@ def load_detections(path: str | Path, image_sizes: dict[int, tuple[int, int]],
                             f"image_id={entry['image_id']!r}")
         image_id = int(entry["image_id"])
         x, y, w, h = (float(v) for v in box)
-        if entry["category_id"] != PERSON:
-            drop("other_category", i, f"category_id {entry['category_id']!r}")
+        if entry["category_id"] not in categories:
+            drop("other_category", i, f"category_id {entry['category_id']!r} (the keypoint "
+                                      f"schema's: {', '.join(map(str, categories))})")
         elif not math.isfinite(score):
             drop("bad_score", i, f"score {score}")
         elif not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
@@ -111,7 +107,8 @@ def load_detections(path: str | Path, image_sizes: dict[int, tuple[int, int]],
             if x >= width or y >= height or x + w <= 0 or y + h <= 0:
                 drop("outside_image", i, f"bbox {box} outside the {width}x{height} image")
             else:
-                boxes.append(Detection(i, image_id, (x, y, w, h), float(score)))
+                boxes.append(Detection(i, image_id, (x, y, w, h), float(score),
+                                       int(entry["category_id"])))
     return Detections(str(path), boxes, len(entries), dropped, examples)
 
 
@@ -145,8 +142,9 @@ class BoxCrops(IterableDataset):
     annotated person it overlaps best (IoU >= oracle_iou; none: zero heatmaps)."""
 
     def __init__(self, detections: Detections, images: dict[int, ImageInfo], image_root,
-                 params: CropParams, batch_size: int, mean, *, rank: int = 0, world: int = 1,
-                 oracle_iou: float | None = None, cfg: SampleConfig | None = None):
+                 params: CropParams, batch_size: int, mean, joints: int, *, rank: int = 0,
+                 world: int = 1, oracle_iou: float | None = None,
+                 cfg: SampleConfig | None = None):
         by_image: dict[int, list[Detection]] = {}
         for det in detections.boxes:
             by_image.setdefault(det.image_id, []).append(det)
@@ -155,14 +153,16 @@ class BoxCrops(IterableDataset):
         self.images, self.root, self.params = images, Path(image_root), params
         self.batch_size, self.mean = batch_size, np.asarray(mean, dtype=np.float32)
         self.oracle_iou, self.cfg = oracle_iou, cfg or SampleConfig(augment=False)
+        self.joints = joints
 
     def __len__(self) -> int:
         return sum(len(dets) for _, dets in self.work)
 
     def _sample(self, det: Detection, info: ImageInfo, box: CropBox, pixels: np.ndarray) -> dict:
         size = self.params.size
-        kps = np.zeros((NUM_KEYPOINTS, 3))
+        kps = np.zeros((self.joints, 3))
         meta = {"image_id": det.image_id, "ann_id": None, "box_index": det.index,
+                "category_id": det.category_id,
                 "bbox": list(det.bbox), "score": det.score, "area": det.bbox[2] * det.bbox[3],
                 "affine": box.affine(size).tolist()}
         sample = {"key": f"{det.image_id:012d}-box{det.index}", "index": det.index,
@@ -175,7 +175,8 @@ class BoxCrops(IterableDataset):
                 labelled = kps[:, 2] > 0
                 # rounded as the shard builder stores them, so GT boxes give the same oracle
                 kps[labelled, :2] = to_crop(kps[labelled, :2], box, size).round(4)
-            sample["heatmaps"], sample["weights"] = heatmaps(kps, size, self.cfg)
+            sample["heatmaps"], sample["weights"] = codec(self.cfg, size).encode(
+                kps, self.cfg.occluded_weight)
         sample["keypoints"] = kps.astype(np.float32)
         return sample
 
@@ -209,7 +210,7 @@ class BoxCrops(IterableDataset):
         else:
             size = self.params.size
             batch = {"image": torch.zeros((0, 3, size, size), dtype=torch.uint8),
-                     "keypoints": torch.zeros((0, NUM_KEYPOINTS, 3)), "key": [], "meta": [],
+                     "keypoints": torch.zeros((0, self.joints, 3)), "key": [], "meta": [],
                      "index": torch.zeros(0, dtype=torch.long),
                      "mean_rgb": torch.as_tensor(self.mean)}
         batch["problems"] = list(problems)

@@ -20,6 +20,19 @@ class DataError(Exception):
     one line naming the file."""
 
 
+def read_json_file(path: str | Path, what: str = "annotation file") -> tuple[object, bytes]:
+    """(the parsed JSON, its bytes) of an input file; missing or invalid: a DataError naming
+    it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw), raw
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
 def read_manifest(out: str | Path, missing_ok: bool = False) -> dict:
     path = Path(out) / MANIFEST
     if not path.exists():

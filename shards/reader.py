@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .manifest import DataError, mean_rgb, split_entry
 from .sample import SampleConfig, decode
+from .schema import KeypointSchema, stored
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -92,11 +93,12 @@ def check_split(root: str | Path, split: str) -> None:
                             f"{shard['num_samples']} (replaced or cut short?)")
 
 
-def decode_or_skip(raw: dict, cfg: SampleConfig, rng, on_error: str) -> dict | None:
+def decode_or_skip(raw: dict, cfg: SampleConfig, rng, on_error: str,
+                   schema: KeypointSchema) -> dict | None:
     """decode(), with a failure named by shard and sample: raised, or (on_error="skip")
     warned about and returned as None."""
     try:
-        return decode(raw, cfg, rng)
+        return decode(raw, cfg, rng, schema)
     except Exception as exc:  # a corrupt PNG or json raises many kinds
         where = f"shard {raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
         if on_error == "skip":
@@ -147,6 +149,7 @@ class TrainStream(IterableDataset):
         entry = split_entry(root, split)
         self.shards = [(self.root / s["file"], s["num_samples"]) for s in entry["shards"]]
         self.num_samples = entry["num_samples"]
+        self.schema = stored(entry)
         self.mean = mean_rgb(root, split, mean_from)
         default_rank, default_world = dist_rank_world()
         self.rank = default_rank if rank is None else rank
@@ -213,7 +216,7 @@ class TrainStream(IterableDataset):
             samples = []
             for pos, item in enumerate(chunk):
                 rng = np.random.default_rng([self.seed, self.rank, s, j, pos])
-                sample = decode_or_skip(item, self.cfg, rng, self.on_error)
+                sample = decode_or_skip(item, self.cfg, rng, self.on_error, self.schema)
                 if sample is not None:
                     samples.append(sample)
             skipped = len(chunk) - len(samples) + self._lost[0]
@@ -252,6 +255,7 @@ class EvalStream(IterableDataset):
         self.root, self.split = Path(root), split
         entry = split_entry(root, split)
         self.shards = [(self.root / s["file"], s["num_samples"]) for s in entry["shards"]]
+        self.schema = stored(entry)
         self.offsets = np.cumsum([0] + [n for _, n in self.shards])
         self.num_samples = entry["num_samples"] if limit is None else min(limit,
                                                                           entry["num_samples"])
@@ -283,7 +287,7 @@ class EvalStream(IterableDataset):
                     break
                 if not by_shard and index % slots != slot:
                     continue
-                sample = decode_or_skip(raw, self.cfg, None, "raise")
+                sample = decode_or_skip(raw, self.cfg, None, "raise", self.schema)
                 sample["index"] = index
                 batch.append(sample)
                 if len(batch) == self.batch_size:

@@ -5,10 +5,9 @@ Loader workers ship uint8 crops; the mean subtraction and scaling happen on the 
 a whole batch (one affine sampling) and the targets are computed there (`device_augment`), from
 the same per-sample random draws as the loader path, so exact resume holds on both paths.
 
-Targets follow the thesis: each keypoint's 1 is placed directly in the 64x64 grid (the cell that
-contains it), then blurred with a Gaussian; the Gaussian is scaled to a peak of 1 (Newell's
-convention) so the MSE is not dominated by the background. Heatmap cell j covers crop pixels
-[4j, 4j+4): its centre is 4j + 2, which is what decoding maps back to.
+Targets are the heatmap codec's (shards/codec.py: the thesis's 1 in its cell, then a
+Gaussian); the left/right swap of a flip and the per-joint loss weights are the keypoint
+schema's (shards/schema.py), which every sample is decoded with.
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .keypoints import FLIP_INDEX, NUM_KEYPOINTS
+from .codec import HeatmapCodec
+from .schema import KeypointSchema
 
 
 @dataclass
@@ -110,34 +110,24 @@ def decode_png(data: bytes) -> np.ndarray:
     return pixels
 
 
-def heatmaps(keypoints: np.ndarray, crop_size: int, cfg: SampleConfig
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(K, 3) crop-pixel keypoints -> (K, H, H) float32 targets and (K,) weights.
-
-    A joint gets weight 0 when unlabelled or when its cell falls outside the grid."""
-    h = cfg.heatmap_size or crop_size // 4
-    cells = np.floor(keypoints[:, :2] * (h / crop_size))
-    vis = keypoints[:, 2]
-    inside = (cells >= 0).all(1) & (cells < h).all(1)
-    weights = np.where(vis >= 2, 1.0, np.where(vis > 0, cfg.occluded_weight, 0.0)) * inside
-    grid = np.arange(h, dtype=np.float64)
-    gx = np.exp(-((grid[None, :] - cells[:, 0:1]) ** 2) / (2 * cfg.sigma ** 2))
-    gy = np.exp(-((grid[None, :] - cells[:, 1:2]) ** 2) / (2 * cfg.sigma ** 2))
-    maps = gy[:, :, None] * gx[:, None, :]
-    maps[weights == 0] = 0.0
-    return maps.astype(np.float32), weights.astype(np.float32)
+def codec(cfg: SampleConfig, crop_size: int) -> HeatmapCodec:
+    """The heatmap codec of these settings for crops of `crop_size`."""
+    return HeatmapCodec(crop_size, cfg.heatmap_size, cfg.sigma)
 
 
-def decode(raw: dict, cfg: SampleConfig, rng: np.random.Generator | None) -> dict:
+def decode(raw: dict, cfg: SampleConfig, rng: np.random.Generator | None,
+           schema: KeypointSchema) -> dict:
     """A raw tar sample ({"__key__", "png", "json"}) -> arrays ready to batch: the uint8 CHW
     crop, warped and with its targets (loader path), or as stored with the augmentation to
-    apply on the device (cfg.augment_on == "device").
+    apply on the device (cfg.augment_on == "device"). `schema`: the shards' keypoint schema.
 
     `rng=None` (or cfg.augment False) means no augmentation."""
     meta = json.loads(raw["json"])
     pixels = decode_png(raw["png"])
     size = pixels.shape[1]
-    kps = np.asarray(meta["keypoints"], dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
+    kps = np.asarray(meta["keypoints"], dtype=np.float64).reshape(-1, 3)
+    if len(kps) != schema.num_joints:
+        raise ValueError(f"{len(kps)} keypoints, the shards' schema has {schema.num_joints}")
     aug, flipped = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), False
     if cfg.augment and rng is not None:
         aug, flipped = augmentation_matrix(rng, cfg, size)
@@ -148,8 +138,8 @@ def decode(raw: dict, cfg: SampleConfig, rng: np.random.Generator | None) -> dic
         labelled = kps[:, 2] > 0
         kps[labelled, :2] = kps[labelled, :2] @ aug[:, :2].T + aug[:, 2]
         if flipped:
-            kps = kps[list(FLIP_INDEX)]
-    target, weight = heatmaps(kps, size, cfg)
+            kps = kps[list(schema.flip_index)]
+    target, weight = codec(cfg, size).encode(kps, cfg.occluded_weight, schema.weights)
     return {
         "key": raw["__key__"],
         "image": np.ascontiguousarray(pixels.transpose(2, 0, 1)),
@@ -183,20 +173,22 @@ def _scaled(images, batch: dict, device, channels_last: bool):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def training_inputs(batch: dict, cfg: SampleConfig, device, channels_last: bool = False):
+def training_inputs(batch: dict, cfg: SampleConfig, device, schema: KeypointSchema,
+                    channels_last: bool = False):
     """(images, target heatmaps, weights) of a training batch on `device`, augmented in the
     loader workers or here (batches from augment_on = "device" carry no targets yet)."""
     if "heatmaps" in batch:
         return (model_input(batch, device, channels_last),
                 batch["heatmaps"].to(device, non_blocking=True),
                 batch["weights"].to(device, non_blocking=True))
-    return device_augment(batch, cfg, device, channels_last)
+    return device_augment(batch, cfg, device, schema, channels_last)
 
 
-def device_augment(batch: dict, cfg: SampleConfig, device, channels_last: bool = False):
+def device_augment(batch: dict, cfg: SampleConfig, device, schema: KeypointSchema,
+                   channels_last: bool = False):
     """The loader path's augmentation for a whole batch on `device`: one affine sampling
     (bilinear, zeros outside, as cv2.warpAffine), the keypoints moved by the same matrices and
-    the left/right swap, then the thesis targets (the 1 in its 64x64 cell, then the Gaussian)."""
+    the schema's left/right swap, then the codec's targets (the 1 in its cell, the Gaussian)."""
     import torch
     import torch.nn.functional as F
 
@@ -218,27 +210,8 @@ def device_augment(batch: dict, cfg: SampleConfig, device, channels_last: bool =
     kps = batch["keypoints"].to(device, torch.float64)
     moved = kps[..., :2] @ forward[:, :, :2].transpose(1, 2) + forward[:, None, :, 2]
     kps = torch.cat([torch.where((kps[..., 2:] > 0), moved, kps[..., :2]), kps[..., 2:]], -1)
-    swap = torch.as_tensor(FLIP_INDEX, device=device)
+    swap = torch.as_tensor(schema.flip_index, device=device)
     flip = torch.as_tensor(batch["flip"], device=device).view(n, 1, 1)
     kps = torch.where(flip, kps[:, swap], kps)
-    target, weight = torch_heatmaps(kps, h, cfg)
+    target, weight = codec(cfg, h).encode_batch(kps, cfg.occluded_weight, schema.weights)
     return x, target, weight
-
-
-def torch_heatmaps(keypoints, crop_size: int, cfg: SampleConfig):
-    """`heatmaps` for a batch of (N, K, 3) float64 keypoints on any device (same arithmetic in
-    float64, so the targets equal the loader path's)."""
-    import torch
-
-    h = cfg.heatmap_size or crop_size // 4
-    cells = torch.floor(keypoints[..., :2] * (h / crop_size))
-    vis = keypoints[..., 2]
-    inside = ((cells >= 0) & (cells < h)).all(-1)
-    weights = torch.where(vis >= 2, 1.0, torch.where(vis > 0, cfg.occluded_weight, 0.0))
-    weights = weights * inside
-    grid = torch.arange(h, dtype=torch.float64, device=keypoints.device)
-    gx = torch.exp(-((grid - cells[..., 0:1]) ** 2) / (2 * cfg.sigma ** 2))
-    gy = torch.exp(-((grid - cells[..., 1:2]) ** 2) / (2 * cfg.sigma ** 2))
-    maps = gy[..., :, None] * gx[..., None, :]
-    maps = maps * (weights != 0)[..., None, None]
-    return maps.float(), weights.float()

@@ -43,8 +43,17 @@ def _print_skips(entry: dict, name: str) -> None:
 
 
 def _shards_build_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coco", required=True, help="COCO root holding annotations/ and SPLIT/")
-    p.add_argument("--split", required=True, help="e.g. train2017 or val2017")
+    p.add_argument("--coco", help="COCO root holding annotations/person_keypoints_SPLIT.json "
+                   "and SPLIT/ (or --ann with --images)")
+    p.add_argument("--ann", help="an annotation file of any keypoint layout (COCO format, or "
+                   "MPII's JSON with --format mpii)")
+    p.add_argument("--images", help="the folder its image file names are relative to")
+    p.add_argument("--format", choices=["coco", "mpii"], default="coco")
+    p.add_argument("--category", help="the keypoint category to take, by name or id (default: "
+                   "every category with the file's keypoint list)")
+    p.add_argument("--schema", help="a schema TOML: names, flip_pairs, skeleton, sigmas, "
+                   "weights (see README, 'Your own keypoints')")
+    p.add_argument("--split", required=True, help="the split's name, e.g. train2017 or val2017")
     p.add_argument("--out", required=True, help="shard directory (shared by splits)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine")
@@ -67,7 +76,9 @@ def _shards_build(args: argparse.Namespace) -> int:
     from shards.build import BuildOptions, build
 
     summary = build(BuildOptions(
-        coco_root=args.coco, split=args.split, out=args.out, shard_size=args.shard_size,
+        coco_root=args.coco or "", ann=args.ann or "", images=args.images or "",
+        format=args.format, category=args.category or "", schema=args.schema or "",
+        split=args.split, out=args.out, shard_size=args.shard_size,
         workers=args.workers, task_index=args.task_index, num_tasks=args.num_tasks,
         min_keypoints=args.min_keypoints, strict=args.strict, progress=not args.quiet,
         png_level=args.png_level, crop_size=args.crop_size, enlarge=args.enlarge))
@@ -82,10 +93,19 @@ def _shards_build(args: argparse.Namespace) -> int:
         m = summary["manifest"]
         print(f"  manifest: {m['num_samples']} samples in {len(m['shards'])} shards, "
               f"mean RGB {m['mean_rgb']}")
+        print(f"  keypoints: {_schema_line(m)}")
         _print_skips(m, args.split)
     else:
         print(f"  run `shg shards finalize {args.out} --split {args.split}` once all tasks end")
     return 0
+
+
+def _schema_line(entry: dict) -> str:
+    from shards.schema import stored
+
+    schema = stored(entry)
+    return (f"{schema.describe()}; {schema.source}"
+            + ("" if schema.sigmas else "; no OKS sigmas (COCO AP unavailable)"))
 
 
 def _shards_finalize_args(p: argparse.ArgumentParser) -> None:
@@ -118,6 +138,7 @@ def _shards_info(args: argparse.Namespace) -> int:
     for split, m in manifest["splits"].items():
         print(f"{split}: {m['num_samples']} samples, {len(m['shards'])} shards, "
               f"mean RGB {m['mean_rgb']}, source {m['source']['annotation_file']}")
+        print(f"  keypoints: {_schema_line(m)}")
         _print_skips(m, split)
     return 0
 
@@ -190,6 +211,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="a weights file (or run directory): its network, crops and "
+                   "keypoint schema")
     p.add_argument("--stacks", type=int, default=8)
     p.add_argument("--features", type=int, default=256)
     p.add_argument("--joints", type=int, default=17)
@@ -199,12 +222,31 @@ def _info_args(p: argparse.ArgumentParser) -> None:
 def _info(args: argparse.Namespace) -> int:
     from .models import StackedHourglass, count_parameters, forward_flops
 
-    model = StackedHourglass(args.stacks, args.features, args.joints)
-    flops = forward_flops(model, args.size)
-    print(f"StackedHourglass(stacks={args.stacks}, features={args.features}, "
-          f"joints={args.joints})")
-    print(f"  parameters: {count_parameters(model):,}")
-    print(f"  forward: {flops / 1e9:.2f} GFLOPs per {args.size}x{args.size} image "
+    if args.model:
+        from shards.schema import stored
+
+        from .weights import load_model
+
+        model, meta, path = load_model(args.model, poses=False)
+        shg = getattr(model, "shg", model)
+        size = int(meta.get("crop_size", args.size))
+        schema = stored(meta)
+        print(f"{path}: {type(model).__name__}, {size} px crops (x{meta.get('crop_enlarge')} "
+              f"boxes), sigma {meta.get('sigma', 1.0)}, trained to step {meta.get('step', '?')}")
+        print(f"  keypoints: {schema.describe()}; {schema.source}")
+        print(f"  joints: {', '.join(schema.names)}")
+        pairs = [f"{schema.names[i]}<->{schema.names[j]}" for i, j in
+                 enumerate(schema.flip_index) if i < j]
+        print(f"  mirrored pairs: {', '.join(pairs) or 'none'}")
+        print(f"  OKS sigmas: {'yes' if schema.sigmas else 'none (COCO AP unavailable)'}")
+    else:
+        shg = StackedHourglass(args.stacks, args.features, args.joints)
+        size = args.size
+    flops = forward_flops(shg, size)
+    print(f"StackedHourglass(stacks={shg.stacks}, features={shg.features}, "
+          f"joints={shg.joints})")
+    print(f"  parameters: {count_parameters(shg):,}")
+    print(f"  forward: {flops / 1e9:.2f} GFLOPs per {size}x{size} image "
           f"(training step ~{3 * flops / 1e9:.1f} GFLOPs per image)")
     return 0
 

@@ -67,7 +67,9 @@ class ModelConfig:
     """Number of stacked hourglasses (Newell: 8)."""
     features: int = 256
     """Channels F inside the hourglasses (Newell: 256)."""
-    joints: int = 17
+    joints: int = 0
+    """Heatmaps the network outputs: 0 = the joints of the shards' keypoint schema (17 for
+    COCO person); another count than the shards' is an error."""
     init: str = "xavier_normal"
     """"xavier_normal" (Glorot normal, the thesis) or "default" (PyTorch's)."""
     zero_heads: bool = True
@@ -83,8 +85,9 @@ class ModelConfig:
     narrower bottleneck instead of an autoencoder."""
 
     def __post_init__(self) -> None:
-        if self.stacks < 1 or self.features < 2 or self.features % 2 or self.joints < 1:
-            raise ConfigError("model: need stacks >= 1, even features >= 2, joints >= 1")
+        if self.stacks < 1 or self.features < 2 or self.features % 2 or self.joints < 0:
+            raise ConfigError("model: need stacks >= 1, even features >= 2, joints >= 0 (0: the "
+                              "shards' joints)")
         if self.bottleneck_features < 0 or self.bottleneck_features % 2:
             raise ConfigError("model.bottleneck_features must be 0 (= features) or even > 0")
         _choice("model.init", self.init, ("xavier_normal", "default"))

@@ -159,13 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         add_arguments(parser)
     args = parser.parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+    grouped = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
+    if grouped:
         torch.distributed.init_process_group("gloo")
     try:
         return evaluate(read_options(args.options) if "options" in args else options(args))
     except USER_ERRORS as exc:
         print(f"shg eval: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if grouped:
+            # ended here, not by the interpreter's teardown, where gloo's threads can abort
+            # the process ("terminate called without an active exception") after the work
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

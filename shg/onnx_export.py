@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from shards import atomic
-from shards.keypoints import FLIP_INDEX, NAMES, SKELETON
+from shards.schema import stored
 
 from .errors import UserError
 
@@ -35,18 +35,22 @@ class LastStack(torch.nn.Module):
 
 def description(meta: dict) -> dict:
     size = int(meta.get("crop_size", 256))
+    schema = stored(meta)
     return {
         "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32",
                   "layout": "NCHW, RGB, (pixel - mean_rgb) / 255"},
-        "output": {"name": "heatmaps", "shape": ["batch", len(NAMES), size // 4, size // 4],
+        "output": {"name": "heatmaps", "shape": ["batch", schema.num_joints, size // 4,
+                                                 size // 4],
                    "cell": "heatmap cell j covers crop pixels [4j, 4j + 4): a peak at cell "
                            "(i, j) is the crop point (4j + 2, 4i + 2)"},
         "mean_rgb": meta.get("mean_rgb", [0.0, 0.0, 0.0]),
         "crop_size": size,
         "crop_enlarge": meta.get("crop_enlarge", 1.1),
-        "joints": list(NAMES),
-        "flip_index": list(FLIP_INDEX),
-        "skeleton": [list(p) for p in SKELETON],
+        "joints": list(schema.names),
+        "flip_index": list(schema.flip_index),
+        "skeleton": [list(p) for p in schema.skeleton],
+        "sigma": meta.get("sigma", 1.0),
+        "schema": schema.to_dict(),
         "model": meta.get("model"),
     }
 

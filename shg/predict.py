@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shards.keypoints import NAMES
+from shards.schema import stored
 
 from .errors import UserError
 from .evaluation.protocol import Protocol
@@ -79,8 +79,9 @@ def _image_id(path: Path, position: int, need_coco_id: bool) -> int:
     return position
 
 
-def plan(opts: PredictOptions, files: list[Path]):
-    """(Detections, {image_id: ImageInfo}, {image_id: path}) for the images and boxes asked."""
+def plan(opts: PredictOptions, files: list[Path], categories=(1,)):
+    """(Detections, {image_id: ImageInfo}, {image_id: path}) for the images and boxes asked
+    (`categories`: the model's keypoint schema's, the boxes' category ids used)."""
     from PIL import Image
 
     from shards.detections import Detection, Detections, ImageInfo, load_detections
@@ -99,14 +100,14 @@ def plan(opts: PredictOptions, files: list[Path]):
         paths[image_id] = path
     if opts.boxes:
         dets = load_detections(opts.boxes, {i: (v.width, v.height) for i, v in images.items()},
-                               opts.protocol.box_score_threshold)
+                               opts.protocol.box_score_threshold, categories)
         # boxes of images not given are not this run's concern: not counted as dropped
         dets.dropped.pop("unknown_image", None)
         dets.examples.pop("unknown_image", None)
         return dets, images, paths
     box = parse_bbox(opts.bbox) if opts.bbox else None
     boxes = [Detection(i, image_id, box or (0.0, 0.0, float(info.width), float(info.height)),
-                       1.0) for i, (image_id, info) in enumerate(images.items())]
+                       1.0, categories[0]) for i, (image_id, info) in enumerate(images.items())]
     return Detections("--bbox" if box else "whole image", boxes, len(boxes), {}, {}), images, \
         paths
 
@@ -125,23 +126,25 @@ def predict_images(opts: PredictOptions) -> dict:
     from .weights import load_model
 
     model, meta, _ = load_model(opts.model)
+    schema = stored(meta)
     files = image_files(opts.inputs)
-    dets, images, paths = plan(opts, files)
+    dets, images, paths = plan(opts, files, schema.categories or (1,))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     params = CropParams(size=int(meta.get("crop_size", 256)),
                         enlarge=post.resolved_enlarge(opts.protocol, meta))
     crops = BoxCrops(dets, images, "", params, opts.batch_size,
-                     meta.get("mean_rgb", [0.0, 0.0, 0.0]))
+                     meta.get("mean_rgb", [0.0, 0.0, 0.0]), schema.num_joints)
     problems: list = []
     bar = progress_bar(None, "", None, 1, opts.progress and len(files) > 1, "predict",
                        total=len(crops))
     rows = list(predict_rows(model, noting_problems(eval_loader(crops, opts.num_workers),
                                                      problems),
+                             schema=schema, sigma=float(meta.get("sigma", 1.0)),
                              flip=opts.protocol.flip, flip_shift=opts.protocol.flip_shift,
                              device=device, bar=bar))
     bar.close()
-    results, counts = post.apply(rows, opts.protocol)
+    results, counts = post.apply(rows, opts.protocol, schema)
     skipped = Counter(dets.dropped)
     for reason, boxes, message in problems:
         skipped[reason] += boxes
@@ -152,16 +155,18 @@ def predict_images(opts: PredictOptions) -> dict:
         per_image.setdefault(r["image_id"], []).append({
             "score": r["score"],
             "keypoints": [{"name": n, "x": round(float(p[0]), 2), "y": round(float(p[1]), 2),
-                           "score": round(float(p[2]), 4)} for n, p in zip(NAMES, kps)]})
+                           "score": round(float(p[2]), 4)}
+                          for n, p in zip(schema.names, kps)]})
     summary = {"images": {str(paths[i]): per_image.get(i, []) for i in images},
                "boxes": dets.source, "poses": counts, "skipped": dict(skipped),
                "skip_examples": {k: v for k, v in dets.examples.items() if k in skipped}}
     if opts.out:
-        summary.update(_write(opts, results, images, paths, rows))
+        summary.update(_write(opts, results, images, paths, rows, schema.skeleton))
     return summary
 
 
-def _write(opts: PredictOptions, results: list, images: dict, paths: dict, rows: list) -> dict:
+def _write(opts: PredictOptions, results: list, images: dict, paths: dict, rows: list,
+           skeleton) -> dict:
     """Drawn images and results.json; returns where they went."""
     from PIL import Image, ImageDraw
 
@@ -191,8 +196,8 @@ def _write(opts: PredictOptions, results: list, images: dict, paths: dict, rows:
         for x, y, bw, bh in boxes.get(image_id, []) if opts.boxes or opts.bbox else []:
             d.rectangle([x, y, x + bw, y + bh], outline=(255, 255, 0))
         for kps in poses.get(image_id, []):
-            draw_skeleton(d, kps[:, :2], kps[:, 2] >= opts.min_score, (255, 40, 40), radius=r,
-                          width=max(2, int(r)))
+            draw_skeleton(d, kps[:, :2], kps[:, 2] >= opts.min_score, (255, 40, 40), skeleton,
+                          radius=r, width=max(2, int(r)))
         image.save(target)
         drawn[str(path)] = str(target)
     return {"results_file": str(results_file), "drawn": drawn}

@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from shards.keypoints import NAMES, NUM_KEYPOINTS, SKELETON
+from shards.schema import COCO_PERSON
 
 from .errors import UserError
+
+NAMES, SKELETON = COCO_PERSON.names, COCO_PERSON.skeleton
+NUM_KEYPOINTS = COCO_PERSON.num_joints
 
 # (name, parent joint, length in body heights, default angle from "down" in degrees, range)
 _LIMBS_LEFT = {"elbow": (0.16, (-20, 160)), "wrist": (0.14, (-10, 140)),

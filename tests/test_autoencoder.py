@@ -148,8 +148,9 @@ def json_shards(run):
 def test_compare_starts_both_from_the_same_weights_and_writes_table_and_curves(
         shg_run, phase1_run, tmp_path):
     """`shg ae compare`: phase 2 and the baseline (the plain SHG trained on) both start from the
-    SHG run's best/ weights. With a learning rate of 1e-30 no parameter can move in 2 steps,
-    so both runs' SHG parameters must still be exactly the trained SHG's."""
+    SHG run's best/ weights. With a learning rate of 1e-30 no parameter can move by more than
+    ~1e-28 in 2 steps (RMSProp steps are at most ~10 x lr), so both runs' SHG parameters must
+    still be the trained SHG's to 1e-20, where a fresh initialisation differs by ~1e-2."""
     from shg.cli import main as shg
 
     out = tmp_path / "cmp"
@@ -166,7 +167,7 @@ def test_compare_starts_both_from_the_same_weights_and_writes_table_and_curves(
     finetuned = load_weights(Path(f"{shg_run}-ae-finetune") / "checkpoints" /
                              "step-00000002")[0]
     for name in names:
-        assert torch.equal(baseline[name], trained[name]), name
-        assert torch.equal(finetuned[f"shg.{name}"], trained[name]), name
+        assert torch.allclose(baseline[name], trained[name], rtol=0, atol=1e-20), name
+        assert torch.allclose(finetuned[f"shg.{name}"], trained[name], rtol=0, atol=1e-20), name
     rows = table["baseline (continue SHG)"]["curve"]
     assert [r["step"] for r in rows] == [2]

@@ -53,8 +53,11 @@ def test_flip_shift_moves_the_flipped_heatmaps_one_cell():
             return out
 
     images = torch.zeros(1, 3, 32, 64)
-    _, plain = forward_heatmaps(Peak(), images, flip=True)
-    _, shifted = forward_heatmaps(Peak(), images, flip=True, flip_shift=True)
+    from shards.schema import COCO_PERSON
+
+    flip = COCO_PERSON.flip_index
+    _, plain = forward_heatmaps(Peak(), images, flip)
+    _, shifted = forward_heatmaps(Peak(), images, flip, flip_shift=True)
     # flipped back: column 15 - 5 = 10; with the shift: 11
     assert plain[0, 0, 3, 5] == 0.5 and plain[0, 0, 3, 10] == 0.5
     assert shifted[0, 0, 3, 5] == 0.5 and shifted[0, 0, 3, 11] == 0.5

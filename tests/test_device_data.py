@@ -11,6 +11,7 @@ from shards.manifest import read_manifest
 from shards.reader import EvalStream, TrainStream, read_shard, train_loader
 from shards.sample import SampleConfig, decode_png, model_input, resolve_augment_on, \
     training_inputs
+from shards.schema import COCO_PERSON
 from shg.config import ConfigError, load_config
 
 
@@ -43,8 +44,8 @@ def test_device_augmentation_gives_the_loader_paths_targets_and_images(synth_sha
     for a, b in zip(streams["loader"], streams["device"]):
         assert a["key"] == b["key"]
         assert "heatmaps" not in b  # the worker only decoded
-        xa, ta, wa = training_inputs(a, streams["loader"].cfg, "cpu")
-        xb, tb, wb = training_inputs(b, streams["device"].cfg, "cpu")
+        xa, ta, wa = training_inputs(a, streams["loader"].cfg, "cpu", COCO_PERSON)
+        xb, tb, wb = training_inputs(b, streams["device"].cfg, "cpu", COCO_PERSON)
         assert torch.equal(ta, tb) and torch.equal(wa, wb)  # targets: the same numbers
         # images: cv2 rounds to uint8 with 1/32-pixel interpolation weights; the device path
         # keeps floats. Half a grey level is that rounding; a misplaced sampling grid (half a
@@ -65,7 +66,8 @@ def test_device_path_resumes_mid_stream_bit_identically(synth_shards):
                                             num_batches=6, cfg=cfg)))
     assert [b["key"] for b in full[4:]] == [b["key"] for b in resumed]
     for a, b in zip(full[4:], resumed):
-        for got, want in zip(training_inputs(b, cfg, "cpu"), training_inputs(a, cfg, "cpu")):
+        for got, want in zip(training_inputs(b, cfg, "cpu", COCO_PERSON),
+                             training_inputs(a, cfg, "cpu", COCO_PERSON)):
             assert torch.equal(got, want)
 
 
@@ -101,3 +103,23 @@ def test_training_with_device_augmentation_resumes_exactly(small_shards, tmp_pat
     assert train_here(small_shards, tmp_path / "loader", *common[:-1],
                       "data.augment_on=loader") == 0
     assert not same(weights(tmp_path / "loader", 4), weights(tmp_path / "ref", 4))
+
+
+def test_per_joint_loss_weights_of_the_schema_reach_both_paths(synth_shards):
+    """A schema's `weights` multiply every joint's loss weight, on the loader path and on the
+    device path alike (targets unchanged)."""
+    from dataclasses import replace
+
+    weighted = replace(COCO_PERSON, weights=tuple(0.5 if i % 2 else 2.0 for i in range(17)))
+    for where in ("loader", "device"):
+        cfg = SampleConfig(augment_on=where)
+        plain_stream = TrainStream(synth_shards, "train2017", 4, seed=2, rank=0, world=1,
+                                   num_batches=1, cfg=cfg)
+        batch = next(iter(train_loader(plain_stream)))
+        _, t0, w0 = training_inputs(batch, cfg, "cpu", COCO_PERSON)
+        plain_stream.schema = weighted  # the shards' schema, as a schema file would give it
+        batch = next(iter(train_loader(plain_stream)))
+        x1, t1, w1 = training_inputs(batch, cfg, "cpu", weighted)
+        assert torch.equal(t0, t1), where
+        assert torch.equal(w1, w0 * torch.tensor(weighted.weights, dtype=torch.float32)), where
+        assert (w0 > 0).any()

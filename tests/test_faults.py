@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import COMMON, STARTED_OVER, assert_resumed, same, start_process, train_here, \
-    wait_for_step, weights
+from helpers import COMMON, STARTED_OVER, assert_resumed, same, start_process, \
+    train_here, wait_for_step, weights
 from shg.cli import main as shg
 from shg.training.checkpoint import complete_checkpoints
 from shg.weights import load_weights
@@ -68,23 +68,55 @@ def test_a_damaged_weights_file_is_a_clear_error_not_a_traceback(tmp_path, capsy
     assert f"{copy}: cannot read the weights" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("fault", ["enospc:4", "enospc-best:4"])
-def test_a_full_disk_stops_the_run_cleanly_and_the_rerun_resumes(small_shards, reference_run,
-                                                                 tmp_path, fault, capsys):
+@pytest.fixture
+def better_every_validation(monkeypatch):
+    """Validation as it is, but the selection metric rises and the loss falls with the step, so
+    best/ and best_by_loss/ are written at every validation (which of them a 6-step tiny run
+    really improves is up to the arithmetic; training itself is untouched)."""
+    from shg.training import trainer
+
+    original = trainer.Trainer.validate_and_select
+
+    def validate_and_select(self, bar):
+        step, real = self.progress.step, trainer.validate
+
+        def rising(cfg, model, accelerator):
+            return {**real(cfg, model, accelerator), "pck_constant@0.5": step / 100,
+                    "val_loss": 1.0 / step}
+
+        monkeypatch.setattr(trainer, "validate", rising)
+        try:
+            return original(self, bar)
+        finally:
+            monkeypatch.setattr(trainer, "validate", real)
+
+    monkeypatch.setattr(trainer.Trainer, "validate_and_select", validate_and_select)
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "best", "best_by_loss"])
+def test_a_full_disk_stops_the_run_cleanly_and_the_rerun_resumes(
+        small_shards, reference_run, tmp_path, kind, capsys, better_every_validation):
+    """ENOSPC at step 4 while writing the checkpoint, best/ or best_by_loss/: exit 2 naming
+    what failed, the half-written directory gone, everything written before intact (at a
+    step best/ comes first, then best_by_loss/, then the checkpoint), the rerun resumes."""
     run = tmp_path / "run"
+    fault = "enospc:4" if kind == "checkpoint" else f"enospc-{kind}:4"
     assert train_here(small_shards, run, *COMMON, faults=fault) == 2
     err = capsys.readouterr().err
-    what = "checkpoint step 4" if fault.startswith("enospc:") else "best/ of step 4"
+    what = "checkpoint step 4" if kind == "checkpoint" else f"{kind}/ of step 4"
     assert f"cannot write {what}" in err and "No space left on device" in err
     assert "intact" in err and "Traceback" not in err
     assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["step-00000002"]
     assert not list((run / "checkpoints").glob(".tmp-*"))
-    best = json.loads((run / "best" / "info.json").read_text())
-    expected_best_step = 4 if fault.startswith("enospc:") else 2  # best/ was written first
-    assert best["step"] == expected_best_step
-    tensors, meta = load_weights(run / "best")
-    assert meta["step"] == best["step"]  # weights and info.json from the same save
-    assert len(list(run.glob(".best-*"))) == 1
+    written_at_4 = {"checkpoint": ("best", "best_by_loss"), "best_by_loss": ("best",),
+                    "best": ()}[kind]
+    for name in ("best", "best_by_loss"):
+        info = json.loads((run / name / "info.json").read_text())
+        assert info["step"] == (4 if name in written_at_4 else 2), name
+        tensors, meta = load_weights(run / name)
+        assert meta["step"] == info["step"]  # weights and info.json from the same save
+        assert same(tensors, weights(reference_run, info["step"]))
+        assert len(list(run.glob(f".{name}-*"))) == 1  # the failed one left nothing
     assert not (run / "LOCK").exists() and not (run / "summary.json").exists()
     assert train_here(small_shards, run, *COMMON, faults=STARTED_OVER) == 0
     assert_resumed(run, 2, capsys.readouterr().out)

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from shards.keypoints import FLIP_INDEX
-from shg.evaluation.decode import decode_heatmaps, flip_back
+from shards.codec import HeatmapCodec, flip_back
+from shards.schema import COCO_PERSON
+
+FLIP_INDEX = COCO_PERSON.flip_index
+
+
+def decode_heatmaps(heatmaps, crop_size=256, refine="quarter", sigma=1.0):
+    return HeatmapCodec(crop_size, sigma=sigma).decode(heatmaps, refine)
 from shg.evaluation.pck import bbox_norm, epe, pck, pck_curve, torso_norm
 
 
@@ -49,8 +55,10 @@ def test_norms_and_epe():
     vis = np.zeros((1, 17), bool)
     gt[0, 5], gt[0, 12] = (0, 0), (30, 40)  # left shoulder - right hip diagonal: 50
     vis[0, [5, 12]] = True
-    assert torso_norm(gt, vis)[0] == pytest.approx(50)
-    assert np.isnan(torso_norm(gt, np.zeros((1, 17), bool))[0])
+    torso = COCO_PERSON.torso()
+    assert torso == (5, 6, 11, 12)
+    assert torso_norm(gt, vis, torso)[0] == pytest.approx(50)
+    assert np.isnan(torso_norm(gt, np.zeros((1, 17), bool), torso)[0])
     assert epe(np.ones((1, 2, 2)), np.zeros((1, 2, 2)), [[True, False]]) == pytest.approx(2 ** .5)
 
 

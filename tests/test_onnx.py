@@ -19,7 +19,7 @@ def test_onnx_export_matches_torch_and_the_readme_decodes_it(trained_run, small_
 
     from shards.reader import EvalStream
     from shards.sample import model_input
-    from shg.evaluation.decode import decode_heatmaps
+    from shards.codec import HeatmapCodec
     from shg.weights import load_model
 
     out = tmp_path / "model.onnx"
@@ -51,7 +51,7 @@ def test_onnx_export_matches_torch_and_the_readme_decodes_it(trained_run, small_
     crop = batch["image"][0].numpy().transpose(1, 2, 0)  # (S, S, 3) uint8 RGB
     scope = {"crop": crop, "x0": 10.0, "y0": 20.0, "side": 128.0}
     exec(code.replace('"model.onnx"', repr(str(out))), scope)
-    coords, conf = decode_heatmaps(torch.from_numpy(expected[:1]), size, refine="none")
+    coords, conf = HeatmapCodec(size).decode(torch.from_numpy(expected[:1]), "none")
     np.testing.assert_allclose(scope["points"], coords[0].numpy(), atol=1e-3)
     np.testing.assert_allclose(scope["scores"], conf[0].numpy(), atol=1e-4)
     np.testing.assert_allclose(scope["image_points"],

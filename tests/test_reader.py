@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from shards.keypoints import FLIP_INDEX
+from shards.schema import COCO_PERSON
 from shards.reader import EvalStream, TrainStream, eval_loader, train_loader
-from shards.sample import SampleConfig, augmentation_matrix, heatmaps, warp
+from shards.sample import SampleConfig, augmentation_matrix, codec, warp
+
+FLIP_INDEX = COCO_PERSON.flip_index
+
+
+def heatmaps(kps, crop, cfg):
+    return codec(cfg, crop).encode(kps, cfg.occluded_weight)
 
 
 def test_heatmap_peak_in_the_right_cell_and_weights():
@@ -52,7 +58,7 @@ def test_flip_swaps_left_and_right(synth_shards):
     from shards.manifest import read_manifest
     entry = read_manifest(synth_shards)["splits"]["train2017"]["shards"][0]
     raw = next(read_shard(synth_shards / entry["file"], None))
-    flipped = decode(raw, cfg, np.random.default_rng(0))
+    flipped = decode(raw, cfg, np.random.default_rng(0), COCO_PERSON)
     orig = np.asarray(json.loads(raw["json"])["keypoints"])
     for k in range(17):
         src = orig[FLIP_INDEX[k]]

@@ -11,6 +11,10 @@ from shards.coco import DataError, load_coco
 from shards.crop import to_image
 from shards.reader import EvalStream, read_shard
 from shg.cli import main as shg_main
+from shards.schema import COCO_PERSON
+
+PERSON = {"id": 1, "name": "person", "keypoints": list(COCO_PERSON.names),
+          "skeleton": [[a + 1, b + 1] for a, b in COCO_PERSON.skeleton]}
 
 
 def _opts(root, split, out, **kw):
@@ -168,7 +172,7 @@ def bad_coco(tmp_path):
     anns.append(_person(404, 4041, [20, 10, 40, 80]))  # its image is not in "images"
     (root / "annotations" / "person_keypoints_val2017.json").write_text(
         json.dumps({"images": images, "annotations": anns,
-                    "categories": [{"id": 1, "name": "person"}]}))
+                    "categories": [PERSON]}))
     return root
 
 

@@ -306,3 +306,24 @@ def test_sigkill_of_a_whole_two_process_run_then_reruns_is_bit_identical(
     assert same(weights(run, 10), weights(reference_run_2proc, 10))
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(small_shards, reference_run,
+                                                              tmp_path, capsys):
+    """train.init_from: the weights of another run's checkpoint, a fresh optimizer, step 0 (how
+    a DeepSpeed run continues on another world size). With a learning rate of 1e-30 no
+    parameter can move by more than ~1e-28, so the new run's parameters are the source's."""
+    from shg.models import StackedHourglass
+
+    source = reference_run / "checkpoints" / "step-00000004"
+    run = tmp_path / "fresh"
+    assert train_here(small_shards, run, "train.max_steps=2", "eval.every_steps=2",
+                      "checkpoint.every_steps=2", f"train.init_from={source}",
+                      "optim.lr=1e-30") == 0
+    assert "resumed" not in capsys.readouterr().out
+    assert state(run, 2)["step"] == 2 and state(run, 2)["samples_seen"] == 4
+    start, after = weights(reference_run, 4), weights(run, 2)
+    names = [n for n, _ in StackedHourglass(2, 16, 17).named_parameters()]
+    assert all(torch.allclose(start[n], after[n], rtol=0, atol=1e-20) for n in names)
+    fresh = StackedHourglass(2, 16, 17).state_dict()
+    assert any(not torch.allclose(start[n], fresh[n]) for n in names)  # not the initial ones

@@ -58,14 +58,15 @@ def draw_tiles(tiles: list, path: Path, cols: int, labels: list[str] | None = No
     canvas.save(path)
 
 
-def crop_with_skeleton(crop: np.ndarray, keypoints: np.ndarray, visible=None,
+def crop_with_skeleton(crop: np.ndarray, keypoints: np.ndarray, skeleton, visible=None,
                        colour=(255, 40, 40)) -> np.ndarray:
+    """The crop with its keypoints and the schema's `skeleton` drawn."""
     from PIL import Image, ImageDraw
 
     from ..evaluation.report import draw_skeleton
 
     im = Image.fromarray(crop)
     vis = np.ones(len(keypoints), bool) if visible is None else np.asarray(visible, bool)
-    draw_skeleton(ImageDraw.Draw(im), np.asarray(keypoints), vis, colour)
+    draw_skeleton(ImageDraw.Draw(im), np.asarray(keypoints), vis, colour, skeleton)
     return np.asarray(im)
 

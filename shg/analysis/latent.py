@@ -23,6 +23,8 @@ from shards.sample import model_input
 from ..errors import UserError
 from ..evaluation.core import ModelOnSplit
 from ..evaluation.report import crops_by_key, pyplot
+from shards.schema import stored
+
 from .common import batches, crop_with_skeleton, draw_tiles, nearest
 
 
@@ -40,7 +42,7 @@ class LatentOptions(ModelOnSplit):
 
 @torch.no_grad()
 def extract(opts: LatentOptions, model, meta) -> tuple[np.memmap, list[str], np.ndarray]:
-    from ..evaluation.decode import decode_heatmaps
+    from shards.codec import HeatmapCodec
 
     out = Path(opts.out)
     stack = opts.stack % model.stacks
@@ -63,7 +65,8 @@ def extract(opts: LatentOptions, model, meta) -> tuple[np.memmap, list[str], np.
         store[row:row + len(lat)] = lat
         row += len(lat)
         keys += batch["key"]
-        preds.append(decode_heatmaps(heat, batch["image"].shape[-1])[0].numpy())
+        codec = HeatmapCodec(batch["image"].shape[-1], sigma=float(meta.get("sigma", 1.0)))
+        preds.append(codec.decode(heat)[0].numpy())
     if store is None:
         raise UserError(f"{opts.shards}: split '{opts.split}' has no samples")
     store.flush()
@@ -110,8 +113,10 @@ def run_latent(opts: LatentOptions) -> dict:
     needed = {keys[mean_idx]} | {keys[i] for i in walk_idx.ravel()}
     crops = crops_by_key(opts.shards, opts.split, needed)
 
+    skeleton = stored(meta).skeleton
+
     def tile(i):
-        return crop_with_skeleton(crops[keys[i]], preds[i])
+        return crop_with_skeleton(crops[keys[i]], preds[i], skeleton)
 
     from PIL import Image
 

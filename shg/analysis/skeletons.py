@@ -4,7 +4,7 @@ Normalisation: each skeleton (crop pixels, labelled joints only) is centred on t
 labelled joints and scaled to unit RMS distance from that centre, so clusters separate poses,
 not positions or sizes. Two populations, as in the thesis:
 
-- full: skeletons with all 17 joints labelled (no imputation needed);
+- full: skeletons with every joint of the schema labelled (no imputation needed);
 - all: every skeleton with at least `min_joints` labelled joints; an unlabelled joint is
   filled with that joint's mean normalised position over the skeletons where it is labelled
   (the centre and scale use labelled joints only), so it pulls no cluster its way.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.keypoints import NUM_KEYPOINTS, SKELETON
+from shards.schema import stored
 
 from ..errors import UserError
 from ..evaluation.report import crops_by_key, pyplot
@@ -85,18 +85,18 @@ def cluster(vectors: np.ndarray, opts: SkeletonOptions) -> dict:
                                  random_state=opts.seed)
         result["silhouette"][k] = float(score)
         result["sizes"][k] = np.bincount(km.labels_, minlength=k).tolist()
-        result["centres"][k] = km.cluster_centers_.reshape(k, NUM_KEYPOINTS, 2)
+        result["centres"][k] = km.cluster_centers_.reshape(k, -1, 2)
         result["labels"][k] = km.labels_
     result["best_k"] = (max(result["silhouette"], key=result["silhouette"].get)
                         if result["silhouette"] else None)
     return result
 
 
-def _draw_mean_skeletons(ax, centres: np.ndarray, title: str) -> None:
+def _draw_mean_skeletons(ax, centres: np.ndarray, title: str, skeleton) -> None:
     k = len(centres)
     for i, c in enumerate(centres):
         offset = np.array([i * 4.0, 0.0])
-        for a, b in SKELETON:
+        for a, b in skeleton:
             ax.plot([c[a, 0] + offset[0], c[b, 0] + offset[0]], [c[a, 1], c[b, 1]], "-",
                     color=f"C{i % 10}", lw=2)
         ax.plot(c[:, 0] + offset[0], c[:, 1], "k.", ms=3)
@@ -112,11 +112,14 @@ def run_skeletons(opts: SkeletonOptions) -> dict:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     keys, kps = read_skeletons(opts.shards, opts.split)
+    from shards.manifest import split_entry
+
+    schema = stored(split_entry(opts.shards, opts.split))
     norm, labelled = normalise(kps)
     populations = {}
     full = labelled.all(1)
     enough = labelled.sum(1) >= opts.min_joints
-    fill = np.nanmean(norm[enough], axis=0) if enough.any() else np.zeros((NUM_KEYPOINTS, 2))
+    fill = np.nanmean(norm[enough], axis=0) if enough.any() else np.zeros((kps.shape[1], 2))
     fill = np.nan_to_num(fill)
     imputed = np.where(np.isnan(norm), fill[None], norm)
     for name, mask in (("all", enough), ("full", full)):
@@ -146,7 +149,8 @@ def run_skeletons(opts: SkeletonOptions) -> dict:
         if k is None:
             continue
         fig, ax = p.subplots(figsize=(1.6 * k + 1, 3))
-        _draw_mean_skeletons(ax, res["centres"][k], f"{name}: {k} cluster means")
+        _draw_mean_skeletons(ax, res["centres"][k], f"{name}: {k} cluster means",
+                             schema.skeleton)
         fig.tight_layout()
         fig.savefig(out / f"clusters_{name}.png", dpi=100)
         p.close(fig)

@@ -49,12 +49,18 @@ def _norms(batch, norm: str) -> np.ndarray:
 
 @torch.no_grad()
 def run_skips(opts: SkipOptions) -> dict:
-    from ..evaluation.decode import decode_heatmaps
+    from shards.codec import HeatmapCodec
+
     from ..evaluation.pck import pck
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     model, meta, source = opts.load_model()
+    sigma = float(meta.get("sigma", 1.0))
+
+    def decode_heatmaps(heat, crop_size):
+        return HeatmapCodec(crop_size, sigma=sigma).decode(heat)
+
     levels = list(range(1, model.depth + 1))
     settings = [("none", [])] + [(f"level {lv}", [lv]) for lv in levels] + [("all", levels)]
     # 1. find the perfect samples

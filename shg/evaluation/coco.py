@@ -1,4 +1,5 @@
-"""COCO keypoint AP (pycocotools' COCOeval) of results made by the protocol (protocol.py)."""
+"""COCO keypoint AP (pycocotools' COCOeval, with the keypoint schema's OKS sigmas) of results made
+by the protocol (protocol.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+
 from shards.coco import load_coco
 
 AP_NAMES = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
 
 
 def coco_eval(ann_file: str, results: list, out: Path, about: dict,
-              image_ids: list[int] | None = None) -> dict:
+              image_ids: list[int] | None = None, sigmas=None) -> dict:
     """COCOeval over `image_ids` (default: the images with results, which is right for ground-
     truth boxes; with detections every image of the annotation file counts, so a person the
     detector missed is a miss). `about` (boxes, protocol) is written into coco_eval.json."""
@@ -24,6 +27,8 @@ def coco_eval(ann_file: str, results: list, out: Path, about: dict,
     with contextlib.redirect_stdout(buf):
         ev = COCOeval(coco_gt, coco_gt.loadRes(results) if results else _empty(coco_gt),
                       "keypoints")
+        if sigmas is not None:  # the keypoint schema's (pycocotools' own are COCO person's)
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
         ev.params.imgIds = sorted(image_ids if image_ids is not None
                                   else {r["image_id"] for r in results})
         ev.evaluate()

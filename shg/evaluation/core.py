@@ -14,15 +14,14 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from shards.codec import HeatmapCodec, flip_back
 from shards.crop import to_image
-from shards.keypoints import FLIP_INDEX
 from shards.manifest import split_entry
 from shards.reader import EvalStream, dist_rank_world, eval_loader
 from shards.sample import model_input
 
 from ..losses import heatmap_loss
-from .decode import decode_heatmaps, flip_back
-from .pck import bbox_norm, constant_norm, pck, torso_norm
+from .pck import bbox_norm, constant_norm, head_norm, pck, torso_norm
 
 
 @dataclass
@@ -77,15 +76,16 @@ def progress_bar(shards: str | None, split: str, limit: int | None, world: int, 
 
 
 @torch.no_grad()
-def forward_heatmaps(model, images: torch.Tensor, flip: bool, flip_shift: bool = False
+def forward_heatmaps(model, images: torch.Tensor, flip_index=None, flip_shift: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(every stack's output (N, S, K, H, W), the last stack's heatmaps (N, K, H, W) in fp32,
-    averaged with the flipped input's when `flip`; `flip_shift` moves the flipped heatmaps one
-    cell right first, as HRNet and mmpose do for their pixel convention)."""
+    averaged with the flipped input's when `flip_index` (the schema's) is given for the flip
+    test; `flip_shift` moves the flipped heatmaps one cell right first, as HRNet and mmpose do
+    for their pixel convention)."""
     out = model(images)
     heat = out[:, -1].float()
-    if flip:
-        flipped = flip_back(model(images.flip(-1))[:, -1].float(), FLIP_INDEX)
+    if flip_index is not None:
+        flipped = flip_back(model(images.flip(-1))[:, -1].float(), flip_index)
         if flip_shift:
             flipped[..., 1:] = flipped[..., :-1].clone()
         heat = 0.5 * (heat + flipped)
@@ -93,15 +93,18 @@ def forward_heatmaps(model, images: torch.Tensor, flip: bool, flip_shift: bool =
 
 
 @torch.no_grad()
-def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, flip_shift: bool = False,
-                 refine: str = "quarter",
+def predict_rows(model, batches: Iterable[dict], *, schema=None, sigma: float = 1.0,
+                 flip: bool = False, flip_shift: bool = False, refine: str = "quarter",
                  device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
                  channels_last: bool = False, with_loss: bool = False, bar=None
                  ) -> Iterator[dict]:
     """One row per sample: predictions in crop and image pixels, confidences, ground truth, box.
 
-    `model=None` decodes the ground-truth target heatmaps (the oracle). `with_loss` adds each
-    sample's training loss (all stacks, no flip) as row["loss"]."""
+    `schema`: the keypoint schema (the flip test's left/right swap, needed with `flip`);
+    `sigma`: the target
+    Gaussian the model was trained with (DARK decoding smooths with it). `model=None` decodes
+    the ground-truth target heatmaps (the oracle). `with_loss` adds each sample's training
+    loss (all stacks, no flip) as row["loss"]."""
     for batch in batches:
         if not batch["key"]:  # a loader worker reporting unreadable images only
             continue
@@ -111,12 +114,13 @@ def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, flip_shi
         else:
             images = model_input(batch, device, channels_last)
             with autocast():
-                out, heat = forward_heatmaps(model, images, flip, flip_shift)
+                out, heat = forward_heatmaps(model, images,
+                                             schema.flip_index if flip else None, flip_shift)
             if with_loss:
                 loss = heatmap_loss(out, batch["heatmaps"].to(device),
                                     batch["weights"].to(device), reduction="none").cpu()
         crop_size = batch["image"].shape[-1]
-        coords, conf = decode_heatmaps(heat.float().cpu(), crop_size, refine=refine)
+        coords, conf = HeatmapCodec(crop_size, sigma=sigma).decode(heat.float().cpu(), refine)
         for i, meta in enumerate(batch["meta"]):
             kps = batch["keypoints"][i].numpy()
             row = {"index": int(batch["index"][i]), "key": batch["key"][i],
@@ -125,7 +129,9 @@ def predict_rows(model, batches: Iterable[dict], *, flip: bool = False, flip_shi
                    "pred_image": to_image(coords[i].numpy(), meta["affine"]),
                    "gt_crop": kps[:, :2], "visible": kps[:, 2] > 0,
                    "bbox": meta["bbox"], "affine": meta["affine"], "area": meta["area"],
-                   "box_score": meta.get("score", 1.0), "crop_size": crop_size}
+                   "box_score": meta.get("score", 1.0), "crop_size": crop_size,
+                   "category_id": meta.get("category_id", 1),
+                   "head_box": meta.get("head_box")}
             if loss is not None:
                 row["loss"] = float(loss[i])
             yield row
@@ -160,19 +166,32 @@ def gather_rows(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def normalisations(rows: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """For each PCK normalisation: (predictions, ground truth, per-instance norm) in the pixels
-    it is defined in. constant: crop pixels (the thesis); bbox and torso: image pixels."""
+NORMALISATIONS = ("constant", "bbox", "torso", "head")
+
+
+def normalisations(rows: list[dict], schema=None, names=NORMALISATIONS
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each PCK normalisation of `names` the data allows: (predictions, ground truth,
+    per-instance norm) in the pixels it is defined in. constant: crop pixels (the thesis); bbox,
+    torso and head: image pixels. torso needs shoulders and hips in the schema, head (PCKh)
+    head boxes in the data; without them they are left out (reported unavailable)."""
+    out = {}
     pred_c = np.stack([r["pred_crop"] for r in rows])
     gt_c = np.stack([r["gt_crop"] for r in rows])
-    vis = visible(rows)
+    if "constant" in names:
+        crop_sizes = np.array([r["crop_size"] for r in rows], dtype=np.float64)
+        out["constant"] = (pred_c, gt_c, constant_norm(len(rows), crop_sizes))
     # Image-pixel ground truth = the crop keypoints mapped back (exact: same affine).
     pred_i = np.stack([r["pred_image"] for r in rows])
     gt_i = np.stack([to_image(r["gt_crop"], r["affine"]) for r in rows])
-    crop_sizes = np.array([r["crop_size"] for r in rows], dtype=np.float64)
-    return {"constant": (pred_c, gt_c, constant_norm(len(rows), crop_sizes)),
-            "bbox": (pred_i, gt_i, bbox_norm([r["bbox"][2:] for r in rows])),
-            "torso": (pred_i, gt_i, torso_norm(gt_i, vis))}
+    if "bbox" in names:
+        out["bbox"] = (pred_i, gt_i, bbox_norm([r["bbox"][2:] for r in rows]))
+    torso = schema.torso() if schema is not None else None
+    if "torso" in names and torso is not None:
+        out["torso"] = (pred_i, gt_i, torso_norm(gt_i, visible(rows), torso))
+    if "head" in names and any(r.get("head_box") for r in rows):
+        out["head"] = (pred_i, gt_i, head_norm([r.get("head_box") for r in rows]))
+    return out
 
 
 def visible(rows: list[dict]) -> np.ndarray:
@@ -183,9 +202,8 @@ def pck_metrics(rows: list[dict], thresholds, names=("constant", "bbox")) -> dic
     """{"pck_constant@0.5": ..., "pck_bbox@0.2": ...}: mean PCK over joints per threshold."""
     vis = visible(rows)
     out = {}
-    for name, (p, g, n) in normalisations(rows).items():
-        if name in names:
-            res = pck(p, g, vis, n, thresholds)
-            for t, v in zip(res.thresholds, res.mean):
-                out[f"pck_{name}@{t:g}"] = float(v)
+    for name, (p, g, n) in normalisations(rows, names=names).items():
+        res = pck(p, g, vis, n, thresholds)
+        for t, v in zip(res.thresholds, res.mean):
+            out[f"pck_{name}@{t:g}"] = float(v)
     return out

@@ -10,7 +10,8 @@ are left out. Normalisations (each returns the per-instance `norm`):
   is a constant fraction of the person; PCK@0.5 then means "within 12.8 crop px (3.2 cells)".
 - bbox: max(w, h) of the person box (in the same pixels as the predictions).
 - torso: shoulder-hip distance (the longer of the two diagonals; falls back to one side, then to
-  NaN -> left out, when the joints are missing).
+  NaN -> left out, when the joints are missing); only for schemas that name shoulders and hips.
+- head (PCKh, MPII's convention): 0.6 x the diagonal of the person's head box.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from shards.keypoints import LEFT_HIP, LEFT_SHOULDER, RIGHT_HIP, RIGHT_SHOULDER
 
 CONSTANT_FRACTION = 0.1
 
@@ -69,12 +68,13 @@ def bbox_norm(boxes_wh) -> np.ndarray:
     return boxes_wh.max(-1)
 
 
-def torso_norm(gt, visible) -> np.ndarray:
+def torso_norm(gt, visible, joints: tuple[int, int, int, int]) -> np.ndarray:
+    """`joints`: the schema's (left shoulder, right shoulder, left hip, right hip)."""
     gt = np.asarray(gt, dtype=np.float64)
     visible = np.asarray(visible, dtype=bool)
     out = np.full(len(gt), np.nan)
-    pairs = ((LEFT_SHOULDER, RIGHT_HIP), (RIGHT_SHOULDER, LEFT_HIP),
-             (LEFT_SHOULDER, LEFT_HIP), (RIGHT_SHOULDER, RIGHT_HIP))
+    ls, rs, lh, rh = joints
+    pairs = ((ls, rh), (rs, lh), (ls, lh), (rs, rh))
     for i in range(len(gt)):
         lengths = [np.linalg.norm(gt[i, a] - gt[i, b]) for a, b in pairs[:2]
                    if visible[i, a] and visible[i, b]]
@@ -86,10 +86,19 @@ def torso_norm(gt, visible) -> np.ndarray:
     return out
 
 
-def head_norm(head_sizes) -> np.ndarray:
-    """PCKh: the annotated head segment length per instance (MPII-style data provide it;
-    COCO does not, so `shg eval` leaves PCKh out for COCO)."""
-    return np.asarray(head_sizes, dtype=np.float64)
+HEAD_FRACTION = 0.6
+"""MPII's head size: 0.6 x the diagonal of the head box."""
+
+
+def head_norm(head_boxes) -> np.ndarray:
+    """PCKh's per-instance norm from [x1, y1, x2, y2] head boxes (None: no head box, left
+    out). COCO has none, so `shg eval` reports PCKh unavailable for COCO."""
+    out = np.full(len(head_boxes), np.nan)
+    for i, box in enumerate(head_boxes):
+        if box:
+            x1, y1, x2, y2 = (float(v) for v in box)
+            out[i] = HEAD_FRACTION * np.hypot(x2 - x1, y2 - y1)
+    return out
 
 
 def pck_curve(pred, gt, visible, norm, upto: float = 0.5, points: int = 51

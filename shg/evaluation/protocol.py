@@ -3,8 +3,8 @@ instance rescoring, then OKS-NMS over each image's predicted poses.
 
 Instance score = box score x the mean of the keypoint confidences above `keypoint_threshold`
 (0 when none is). OKS-NMS keeps, image by image, the highest-scored pose and drops every other
-pose whose object keypoint similarity with it exceeds `oks_nms`, using COCO's per-keypoint
-sigmas and each pose's crop square as its area. Both apply whichever boxes the poses came from
+pose whose object keypoint similarity with it exceeds `oks_nms`, using the keypoint schema's
+per-joint sigmas (COCO's for COCO person) and each pose's crop square as its area. Both apply whichever boxes the poses came from
 (ground truth: box score 1), so a detections file that holds just the ground-truth boxes gives
 the ground-truth-box numbers exactly (tested).
 """
@@ -58,12 +58,6 @@ def rescore(box_score: float, confidences: np.ndarray, threshold: float) -> floa
     return float(box_score * above.mean()) if above.size else 0.0
 
 
-def coco_sigmas() -> np.ndarray:
-    from pycocotools.cocoeval import Params
-
-    return np.asarray(Params(iouType="keypoints").kpt_oks_sigmas, dtype=np.float64)
-
-
 def oks_matrix(points: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     """(N, N) object keypoint similarity between N poses (N, K, 2) of the same image, the
     area term being the mean of the two poses' areas (as mmpose's oks_iou)."""
@@ -74,12 +68,12 @@ def oks_matrix(points: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.
 
 
 def oks_nms(points: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold: float,
-            sigmas: np.ndarray | None = None) -> list[int]:
+            sigmas) -> list[int]:
     """Indices of the poses kept, best score first: greedily keep the best remaining pose and
-    drop those with OKS > threshold to it."""
+    drop those with OKS > threshold to it (`sigmas`: the schema's, per joint)."""
     if len(scores) == 0:
         return []
-    sigmas = coco_sigmas() if sigmas is None else sigmas
+    sigmas = np.asarray(sigmas, dtype=np.float64)
     oks = oks_matrix(np.asarray(points, np.float64), np.asarray(areas, np.float64), sigmas)
     order = list(np.argsort(-np.asarray(scores), kind="stable"))
     keep = []
@@ -90,17 +84,20 @@ def oks_nms(points: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold
     return keep
 
 
-def apply(rows: list[dict], protocol: Protocol) -> tuple[list[dict], dict]:
-    """COCO keypoint results of the rows (in their order) after rescoring and OKS-NMS, and
-    the counts."""
-    sigmas = coco_sigmas()
+def apply(rows: list[dict], protocol: Protocol, schema) -> tuple[list[dict], dict]:
+    """COCO keypoint results of the rows (in their order) after rescoring and OKS-NMS with the
+    keypoint schema's sigmas (no NMS when it has none: said in the counts), and the counts."""
     scores = [rescore(r.get("box_score", 1.0), r["conf"], protocol.keypoint_threshold)
               for r in rows]
     by_image: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
         by_image.setdefault(int(r["image_id"]), []).append(i)
     kept = set(range(len(rows)))
-    if protocol.oks_nms is not None:
+    sigmas = schema.sigmas
+    notes = {}
+    if protocol.oks_nms is not None and sigmas is None:
+        notes["oks_nms"] = "not applied: the keypoint schema has no OKS sigmas"
+    elif protocol.oks_nms is not None:
         for group in by_image.values():
             if len(group) > 1:
                 areas = np.array([(rows[i]["affine"][0][0] * rows[i]["crop_size"]) ** 2
@@ -113,11 +110,12 @@ def apply(rows: list[dict], protocol: Protocol) -> tuple[list[dict], dict]:
     for i, r in enumerate(rows):
         if i in kept:
             kps = np.concatenate([r["pred_image"], r["conf"][:, None]], 1)
-            results.append({"image_id": int(r["image_id"]), "category_id": 1,
+            results.append({"image_id": int(r["image_id"]),
+                            "category_id": int(r.get("category_id", 1)),
                             "keypoints": [round(float(v), 3) for v in kps.ravel()],
                             "score": round(scores[i], 6)})
     return results, {"poses": len(rows), "suppressed_by_oks_nms": len(rows) - len(kept),
-                     "results": len(results)}
+                     "results": len(results), **notes}
 
 
 THESIS_ENLARGE = 1.10

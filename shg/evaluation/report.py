@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.keypoints import NAMES, SKELETON
 
 
 def pyplot():
@@ -20,10 +19,11 @@ def pyplot():
     return plt
 
 
-def draw_skeleton(draw, kps: np.ndarray, visible: np.ndarray, colour, radius: float = 2.5,
-                  width: int = 2) -> None:
-    """Draw a 17-joint skeleton on a PIL ImageDraw (only where both ends are `visible`)."""
-    for a, b in SKELETON:
+def draw_skeleton(draw, kps: np.ndarray, visible: np.ndarray, colour, skeleton,
+                  radius: float = 2.5, width: int = 2) -> None:
+    """Draw keypoints and the schema's `skeleton` (joint index pairs) on a PIL ImageDraw (a
+    limb only where both ends are `visible`)."""
+    for a, b in skeleton:
         if visible[a] and visible[b]:
             draw.line([tuple(kps[a]), tuple(kps[b])], fill=colour, width=width)
     for k in range(len(kps)):
@@ -48,7 +48,8 @@ def crops_by_key(shards: str, split: str, keys: set[str]) -> dict:
     return found
 
 
-def worst_grid(rows: list, shards: str, split: str, path: Path, count: int = 16) -> None:
+def worst_grid(rows: list, shards: str, split: str, path: Path, skeleton,
+               count: int = 16) -> None:
     from PIL import Image, ImageDraw
 
     def error(r):
@@ -59,31 +60,37 @@ def worst_grid(rows: list, shards: str, split: str, path: Path, count: int = 16)
     worst = sorted(rows, key=error, reverse=True)[:count]
     crops = crops_by_key(shards, split, {r["key"] for r in worst})
     cols = 4
-    tile = 256
+    tile = max([r["crop_size"] for r in worst] or [256])
     grid = Image.new("RGB", (cols * tile, -(-len(worst) // cols) * tile), (30, 30, 30))
     for i, r in enumerate(worst):
         if r["key"] not in crops:
             continue
         im = Image.fromarray(crops[r["key"]])
         d = ImageDraw.Draw(im)
-        draw_skeleton(d, r["gt_crop"], r["visible"], (0, 220, 0))
-        draw_skeleton(d, r["pred_crop"], np.ones(len(NAMES), bool), (255, 40, 40))
+        draw_skeleton(d, r["gt_crop"], r["visible"], (0, 220, 0), skeleton)
+        draw_skeleton(d, r["pred_crop"], np.ones(len(r["conf"]), bool), (255, 40, 40), skeleton)
         d.text((4, 4), f"{r['key']}  err {error(r):.1f}px", fill=(255, 255, 0))
         grid.paste(im, ((i % cols) * tile, (i // cols) * tile))
     grid.save(path)
 
 
-def write_report(rows: list, summary: dict, out: Path, shards: str, split: str) -> None:
+def write_report(rows: list, summary: dict, out: Path, shards: str, split: str,
+                 schema) -> None:
     plt = pyplot()
     pck = json.loads((out / "pck.json").read_text())
     norms = pck["normalisations"]
+    names = list(schema.names)
 
-    fig, ax = plt.subplots(figsize=(10, 4))
-    x = np.arange(len(NAMES))
-    for j, (name, thr) in enumerate((("constant", "0.5"), ("bbox", "0.1"), ("torso", "0.2"))):
-        values = [norms[name]["per_joint"][thr][n] or 0 for n in NAMES]
-        ax.bar(x + (j - 1) * 0.27, values, width=0.27, label=f"{name}@{thr}")
-    ax.set_xticks(x, NAMES, rotation=60, ha="right")
+    fig, ax = plt.subplots(figsize=(max(10, 0.5 * len(names)), 4))
+    x = np.arange(len(names))
+    bars = [(n, t) for n, t in (("constant", "0.5"), ("bbox", "0.1"), ("torso", "0.2"),
+                                ("head", "0.5")) if n in norms]
+    width = 0.8 / len(bars)
+    for j, (name, thr) in enumerate(bars):
+        values = [norms[name]["per_joint"][thr][n] or 0 for n in names]
+        ax.bar(x + (j - (len(bars) - 1) / 2) * width, values, width=width,
+               label=f"{name}@{thr}")
+    ax.set_xticks(x, names, rotation=60, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("PCK")
     ax.legend()
@@ -105,7 +112,7 @@ def write_report(rows: list, summary: dict, out: Path, shards: str, split: str) 
     fig.savefig(out / "pck_curve.png", dpi=100)
     plt.close(fig)
 
-    worst_grid(rows, shards, split, out / "worst_cases.png")
+    worst_grid(rows, shards, split, out / "worst_cases.png", schema.skeleton)
 
     lines = [f"# Evaluation of {summary.get('model') or 'ground-truth heatmaps (oracle)'}", "",
              f"Split `{split}` of `{shards}`: {len(rows)} person crops"
@@ -115,7 +122,10 @@ def write_report(rows: list, summary: dict, out: Path, shards: str, split: str) 
     for name, data in norms.items():
         cells = " | ".join(f"{(data['mean'][str(t)] or 0):.3f}" for t in pck["thresholds"])
         lines.append(f"| {name} | {cells} | {data['auc']:.3f} |")
-    lines += ["", f"EPE: {pck['epe_image_px']:.2f} px in the original images.", ""]
+    lines += [f"| {name} | unavailable: {why.split(': ', 1)[-1]} | |"
+              for name, why in pck.get("unavailable", {}).items()]
+    lines += ["", f"Keypoints: {summary.get('keypoints', schema.describe())}.", "",
+              f"EPE: {pck['epe_image_px']:.2f} px in the original images.", ""]
     lines += coco_lines(summary)
     lines += ["![PCK per joint](pck_per_joint.png)", "", "![PCK curves](pck_curve.png)", "",
               "Worst cases first (green: ground truth, red: prediction):", "",
@@ -138,7 +148,9 @@ def coco_lines(summary: dict) -> list[str]:
              f"Poses: {summary['poses']['poses']}, suppressed by OKS-NMS: "
              f"{summary['poses']['suppressed_by_oks_nms']}, results: "
              f"{summary['poses']['results']}.", ""]
-    if "coco" in summary:
+    if "coco" in summary and "unavailable" in summary["coco"]:
+        lines += [f"COCO keypoint AP: unavailable ({summary['coco']['unavailable']}).", ""]
+    elif "coco" in summary:
         c = summary["coco"]
         lines += [f"COCO keypoint AP over {c['images']} images: "
                   + ", ".join(f"{k} {c[k]:.3f}" for k in ("AP", "AP50", "AP75", "APm", "APl",

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shards.keypoints import NAMES
 from shards.manifest import DataError, split_entry
+from shards.schema import KeypointSchema, stored
 from shards.reader import dist_rank_world, eval_loader
 
 from ..errors import UserError
@@ -84,8 +84,9 @@ def run_eval(opts: EvalOptions) -> dict:
         model, meta, source = opts.load_model()
         model.to(device)
     mean = (meta or {}).get("mean_rgb")
+    schema = data_schema(opts, meta)
     if opts.boxes:
-        batches, total, boxes_info = _detection_batches(opts, meta, mean, rank, world)
+        batches, total, boxes_info = _detection_batches(opts, meta, mean, rank, world, schema)
     else:
         total, boxes_info = None, _shard_boxes(opts)
         batches = split_batches(opts.shards, opts.split, opts.batch_size, rank=rank,
@@ -94,7 +95,8 @@ def run_eval(opts: EvalOptions) -> dict:
     bar = progress_bar(opts.shards, opts.split, opts.max_samples, world, rank == 0, "eval",
                        total=total)
     problems: list = []
-    rows = list(predict_rows(model, noting_problems(batches, problems),
+    rows = list(predict_rows(model, noting_problems(batches, problems), schema=schema,
+                             sigma=float((meta or {}).get("sigma", 1.0)),
                              flip=opts.protocol.flip, flip_shift=opts.protocol.flip_shift,
                              refine=opts.refine, device=device, bar=bar))
     bar.close()
@@ -108,23 +110,46 @@ def run_eval(opts: EvalOptions) -> dict:
         raise UserError(f"{opts.shards}: split '{opts.split}' gave no samples to evaluate")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, counts = post.apply(rows, opts.protocol)
+    results, counts = post.apply(rows, opts.protocol, schema)
     (out / "coco_results.json").write_text(json.dumps(results))
     about = {"boxes": boxes_info, "protocol": opts.protocol.as_dict(), "poses": counts}
-    summary = {} if opts.boxes else write_pck(rows, out)
+    summary = {} if opts.boxes else write_pck(rows, out, schema)
     summary.update({"samples": len(rows), "split": opts.split, "flip_test": opts.protocol.flip,
                     "decode": opts.refine, "oracle": opts.oracle,
-                    "model": None if opts.oracle else str(source), **about})
-    if opts.coco_ann:
-        summary["coco"] = coco_eval(opts.coco_ann, results, out, about, image_ids)
+                    "model": None if opts.oracle else str(source),
+                    "keypoints": schema.describe(), **about})
+    if opts.coco_ann and schema.sigmas is None:
+        summary["coco"] = {"unavailable": f"the keypoint schema ({schema.describe()}) has no "
+                                          "OKS sigmas: give them in a schema file (sigmas)"}
+    elif opts.coco_ann:
+        summary["coco"] = coco_eval(opts.coco_ann, results, out, about, image_ids,
+                                    schema.sigmas)
     from .report import write_boxes_report, write_report
 
     if opts.boxes:
         write_boxes_report(summary, out)
     else:
-        write_report(rows, summary, out, opts.shards, opts.split)
+        write_report(rows, summary, out, opts.shards, opts.split, schema)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def data_schema(opts: EvalOptions, meta: dict | None) -> KeypointSchema:
+    """The keypoint schema of the evaluation: the model's, which must be the data's (the
+    shards' or the annotation file's); the data's alone for the oracle."""
+    if opts.boxes:
+        from shards.coco import load_coco, plan_schema
+
+        where = opts.coco_ann
+        data = plan_schema(load_coco(opts.coco_ann)[0].dataset, Path(opts.coco_ann))
+    else:
+        where = f"{opts.shards} ({opts.split})"
+        data = stored(split_entry(opts.shards, opts.split))
+    if meta is None:
+        return data
+    model = stored(meta)
+    model.check_same(data, "the model", where)
+    return model
 
 
 def _shard_boxes(opts: EvalOptions) -> dict:
@@ -141,7 +166,8 @@ def _shard_boxes(opts: EvalOptions) -> dict:
             "kept": min(entry["num_samples"], opts.max_samples or entry["num_samples"])}
 
 
-def _detection_batches(opts: EvalOptions, meta: dict | None, mean, rank: int, world: int):
+def _detection_batches(opts: EvalOptions, meta: dict | None, mean, rank: int, world: int,
+                       schema: KeypointSchema):
     """(loader over this rank's crops of the boxes file, their number, what the file gave)."""
     from shards.coco import load_coco
     from shards.crop import CropParams
@@ -152,21 +178,22 @@ def _detection_batches(opts: EvalOptions, meta: dict | None, mean, rank: int, wo
     for image_id, im in coco.imgs.items():
         persons = None
         if opts.oracle:
-            anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False,
+                                                catIds=list(schema.categories)))
             persons = [(a["bbox"], np.asarray(a["keypoints"], float).reshape(-1, 3))
-                       for a in anns if a.get("num_keypoints", 0) > 0]
+                       for a in anns if a["num_keypoints"] > 0]
         images[image_id] = ImageInfo(im["file_name"], im["width"], im["height"], persons)
     try:
         dets = load_detections(opts.boxes, {i: (v.width, v.height) for i, v in images.items()},
-                               opts.protocol.box_score_threshold)
+                               opts.protocol.box_score_threshold, schema.categories or (1,))
     except DataError as exc:
         raise UserError(str(exc)) from None
     opts.protocol.enlarge = post.resolved_enlarge(opts.protocol, meta)
     params = CropParams(size=int((meta or {}).get("crop_size", 256)),
                         enlarge=opts.protocol.enlarge)
     crops = BoxCrops(dets, images, Path(opts.coco_root) / opts.split, params, opts.batch_size,
-                     mean if mean is not None else (0.0, 0.0, 0.0), rank=rank, world=world,
-                     oracle_iou=ORACLE_IOU if opts.oracle else None)
+                     mean if mean is not None else (0.0, 0.0, 0.0), schema.num_joints,
+                     rank=rank, world=world, oracle_iou=ORACLE_IOU if opts.oracle else None)
     info = dets.summary()
     info["images"] = len({d.image_id for d in dets.boxes})
     info["annotated_images"] = sorted(images)  # COCO AP counts them all (not saved)
@@ -183,32 +210,43 @@ def _count_problems(problems: list) -> dict:
     return out
 
 
-def write_pck(rows: list, out: Path) -> dict:
+UNAVAILABLE = {
+    "torso": "not computed: the keypoint schema names no left/right shoulders and hips",
+    "head": "not computed: the data has no head boxes (MPII's head_box; COCO has none)"}
+
+
+def write_pck(rows: list, out: Path, schema: KeypointSchema) -> dict:
     vis = visible(rows)
-    norms = normalisations(rows)
+    norms = normalisations(rows, schema)
     pred_c, gt_c, _ = norms["constant"]
     pred_i, gt_i, _ = norms["bbox"]
-    report = {"thresholds": list(THRESHOLDS), "joints": list(NAMES),
+    names = list(schema.names)
+    report = {"thresholds": list(THRESHOLDS), "joints": names,
               "epe_image_px": epe(pred_i, gt_i, vis), "epe_crop_px": epe(pred_c, gt_c, vis),
-              "normalisations": {}}
+              "normalisations": {},
+              "unavailable": {k: v for k, v in UNAVAILABLE.items() if k not in norms}}
     for name, (p, g, n) in norms.items():
         res = pck(p, g, vis, n, THRESHOLDS)
         thr, curve, auc = pck_curve(p, g, vis, n)
         report["normalisations"][name] = {
             "mean": dict(zip(map(str, THRESHOLDS), _clean(res.mean))),
             "micro": dict(zip(map(str, THRESHOLDS), _clean(res.micro))),
-            "per_joint": {str(t): dict(zip(NAMES, _clean(row)))
+            "per_joint": {str(t): dict(zip(names, _clean(row)))
                           for t, row in zip(THRESHOLDS, res.per_joint)},
-            "count": dict(zip(NAMES, res.count.tolist())),
+            "count": dict(zip(names, res.count.tolist())),
             "curve": {"thresholds": thr.round(4).tolist(), "pck": _clean(curve)},
             "auc": auc,
             "instances_left_out": int((~(np.nan_to_num(n) > 0)).sum()),
         }
     report["normalisations"]["constant"]["note"] = (
         "thesis PCK: norm = 0.1 x crop side = 25.6 px of a 256 crop (6.4 heatmap cells)")
-    report["normalisations"]["torso"]["note"] = (
-        "norm = longer shoulder-hip diagonal, else a torso side; instances without one left out")
-    report["pckh"] = "not computed: COCO has no head-size annotation"
+    notes = {"torso": "norm = longer shoulder-hip diagonal, else a torso side; instances "
+                      "without one left out",
+             "head": "PCKh: norm = 0.6 x the head box's diagonal (MPII); instances without a "
+                     "head box left out"}
+    for name, note in notes.items():
+        if name in report["normalisations"]:
+            report["normalisations"][name]["note"] = note
     (out / "pck.json").write_text(json.dumps(report, indent=1))
     return {"pck": {k: v["mean"] for k, v in report["normalisations"].items()},
             "auc": {k: v["auc"] for k, v in report["normalisations"].items()},
@@ -232,7 +270,9 @@ def print_summary(summary: dict) -> None:
             cells = "".join(f"{(values[str(t)] or 0):>9.3f}" for t in THRESHOLDS)
             print(f"{name:<10}{cells}{summary['auc'][name]:>9.3f}")
         print(f"EPE: {summary['epe_image_px']:.2f} image px")
-    if "coco" in summary:
+    if "coco" in summary and "unavailable" in summary["coco"]:
+        print(f"COCO keypoint AP: unavailable ({summary['coco']['unavailable']})")
+    elif "coco" in summary:
         c = summary["coco"]
         print(f"COCO keypoints ({'detected' if boxes.get('boxes_in_file') is not None else 'GT'}"
               " boxes): " + "  ".join(f"{k} {c[k]:.3f}"

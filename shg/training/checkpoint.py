@@ -143,7 +143,7 @@ class Checkpointer:
         try:
             with atomic.atomic_path(target) as tmp:
                 tmp.mkdir()
-                faults.fail_write("best", info["step"])
+                faults.fail_write(name, info["step"])
                 save_weights(tmp / WEIGHTS_FILE, weights, info)
                 atomic.write_json(tmp / "info.json", info, indent=1)
                 integrity.write_marker(tmp, info["step"])
@@ -211,7 +211,7 @@ class Checkpointer:
                 dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
         atomic.write_json(tmp / f"rng-rank{acc.process_index}.json", rng_state(), fsync=True)
         if acc.is_main_process:
-            faults.fail_write("save", step)
+            faults.fail_write("checkpoint", step)
             save_weights(tmp / WEIGHTS_FILE, weights, metadata)
             atomic.write_json(tmp / "state.json", {**state, "world_size": acc.num_processes},
                               fsync=True)

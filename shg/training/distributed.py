@@ -35,6 +35,10 @@ def make_accelerator(cfg):
 
     cpu = not torch.cuda.is_available()
     deepspeed = bool(cfg.distributed.deepspeed_config)
+    if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not deepspeed:
+        # several CPU ranks: Accelerate's multi-CPU mode (what `--nproc N` and the Slurm jobs
+        # start; `accelerate launch --multi_gpu` with ACCELERATE_USE_CPU=true does the same)
+        os.environ["ACCELERATE_USE_CPU"] = "true"
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         # Accelerate's state is one per process; a process that trains several runs one after
         # another (a notebook, the tests, an AE study) starts each from a fresh one, with its

@@ -5,6 +5,7 @@
     SHG_FAULT=nan:N    make step N's loss NaN (the divergence stop)
     SHG_FAULT=enospc:N         the write of checkpoint N fails with ENOSPC (a full disk)
     SHG_FAULT=enospc-best:N    the write of best/ at step N fails with ENOSPC
+    SHG_FAULT=enospc-best_by_loss:N    the same for best_by_loss/
     SHG_FAULT=hold:N   after step N (and its save, if one is due), wait until a stop signal
                        arrives: a test then stops a run at a known step instead of racing it.
                        Once per run directory (RUN/.fault-hold-N marks it): a requeued job
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-KINDS = ("step", "save", "nan", "enospc", "enospc-best", "hold")
+KINDS = ("step", "save", "nan", "enospc", "enospc-best", "enospc-best_by_loss", "hold")
 _plan: frozenset[tuple[str, int]] = frozenset()
 
 
@@ -58,8 +59,8 @@ def nan_at(step: int) -> bool:
 
 
 def fail_write(what: str, step: int) -> None:
-    """`what` = "save" (a checkpoint) or "best"."""
-    if ({"save": "enospc", "best": "enospc-best"}[what], step) in _plan:
+    """`what` = "checkpoint", "best" or "best_by_loss" (the directory being written)."""
+    if ("enospc" if what == "checkpoint" else f"enospc-{what}", step) in _plan:
         raise OSError(errno.ENOSPC, "No space left on device (SHG_FAULT)")
 
 

@@ -27,14 +27,11 @@ def train_processes(train_args: list[str], nproc: int = 1) -> int:
 
 
 def run_local(python_args: list[str], nproc: int) -> int:
-    import torch
-
+    # (no torch here: this parent only starts and watches; each rank finds its device itself)
     port = free_port()
     base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                 WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
-    if not torch.cuda.is_available():
-        base["ACCELERATE_USE_CPU"] = "true"
-        base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     workers = [subprocess.Popen([sys.executable, *python_args],
                                 env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
                for r in range(nproc)]

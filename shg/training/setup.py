@@ -10,6 +10,7 @@ import torch
 from shards.manifest import read_manifest
 from shards.reader import TrainStream, check_split, train_loader
 from shards.sample import resolve_augment_on
+from shards.schema import stored
 
 from .. import weights
 from ..config import ConfigError, resolve_precision
@@ -21,13 +22,16 @@ from .optim import make_optimizer
 def resolved(cfg, train_split: dict):
     """A copy of the config with the values decided at run time filled in (what config.toml
     records): mixed_precision "auto" becomes the precision used, data.augment_on "auto" the
-    place augmentation runs, data.heatmap_size 0 a quarter of the training split's crops
-    (`train_split`: its manifest entry). The caller's config is kept."""
+    place augmentation runs, data.heatmap_size 0 a quarter of the training split's crops,
+    model.joints 0 the joints of its keypoint schema (`train_split`: its manifest entry). The
+    caller's config is kept."""
     data = dataclasses.replace(
         cfg.data, augment_on=resolve_augment_on(cfg.data.augment_on, torch.cuda.is_available()),
         heatmap_size=cfg.data.heatmap_size or train_split["crop"]["size"] // 4)
+    model = dataclasses.replace(cfg.model,
+                                joints=cfg.model.joints or stored(train_split).num_joints)
     return dataclasses.replace(cfg, mixed_precision=resolve_precision(cfg.mixed_precision),
-                               data=data)
+                               data=data, model=model)
 
 
 def data_facts(cfg) -> dict:
@@ -42,6 +46,13 @@ def data_facts(cfg) -> dict:
     for split in (cfg.data.train_split, cfg.data.val_split):
         check_split(cfg.data.shards, split)  # every listed shard there, with its samples
     train = manifest["splits"][cfg.data.train_split]
+    schema = stored(train)
+    where = f"{cfg.data.shards}: split"
+    schema.check_same(stored(manifest["splits"][cfg.data.val_split]),
+                      f"{where} {cfg.data.train_split}", f"split {cfg.data.val_split}")
+    if cfg.model.joints and cfg.model.joints != schema.num_joints:
+        raise ConfigError(f"model.joints={cfg.model.joints}, but {cfg.data.shards} holds "
+                          f"{schema.describe()}: leave model.joints at 0 (the shards' count)")
     crop = train["crop"]["size"]
     if cfg.data.heatmap_size and cfg.data.heatmap_size * 4 != crop:
         raise ConfigError(f"data.heatmap_size={cfg.data.heatmap_size}: the SHG outputs "

@@ -19,6 +19,7 @@ import torch
 
 from shards import atomic
 from shards.sample import training_inputs
+from shards.schema import stored
 
 from ..config import dump_toml
 from ..errors import UserError
@@ -85,10 +86,12 @@ class Trainer:
                                          deepspeed=self.deepspeed)
         self.selection = Selection.for_run(cfg)
         self.progress = Progress()
+        self.schema = stored(train_split)
         self.metadata = {"model": unwrap(self.model, self.accelerator).config(),
                          "mean_rgb": train_split["mean_rgb"],
                          "crop_size": train_split["crop"]["size"],
-                         "crop_enlarge": train_split["crop"]["enlarge"], "sigma": cfg.data.sigma}
+                         "crop_enlarge": train_split["crop"]["enlarge"], "sigma": cfg.data.sigma,
+                         "schema": self.schema.to_dict()}
         self.logger = None
         self.signals: StopSignals | None = None
         self.stopped_by_signal = False
@@ -205,7 +208,7 @@ class Trainer:
         returns the loss."""
         acc, cfg = self.accelerator, self.cfg
         self._skipped_pending += int(batch.get("skipped", 0))
-        images, target, weights = training_inputs(batch, cfg.data, acc.device,
+        images, target, weights = training_inputs(batch, cfg.data, acc.device, self.schema,
                                                   cfg.model.channels_last)
         sync = last_micro or self.deepspeed
         with acc.no_sync(self.model) if not sync else contextlib.nullcontext():

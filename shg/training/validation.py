@@ -30,7 +30,7 @@ def validate_pose(cfg, model, accelerator) -> dict:
     net = unwrap(model, accelerator)
     was_training = net.training
     net.eval()
-    rows = list(predict_rows(net, _batches(cfg, accelerator), flip=False,
+    rows = list(predict_rows(net, _batches(cfg, accelerator), flip=False, sigma=cfg.data.sigma,
                              device=accelerator.device, autocast=accelerator.autocast,
                              channels_last=cfg.model.channels_last, with_loss=True))
     net.train(was_training)
