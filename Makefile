@@ -2,8 +2,10 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-# CPU wheel on this class of machine; users with GPUs install torch their own way first.
-TORCH_SPEC ?= torch==2.13.0
+# torchvision's PyPI wheels link torch's CUDA libraries, so torch is the CUDA build that matches
+# them (it also runs on CPU-only machines; on this class of machine both come from local disk).
+# Users with their own torch install it first and override TORCH_SPEC.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEEPSPEED_SPEC ?= deepspeed==0.19.8
 
 SHELL := bash
@@ -16,13 +18,14 @@ QUIET := 2>&1 | { grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning
 setup: $(VENV)/.done
 
 # torch first (so nothing pulls a CUDA build), then deepspeed without build isolation
-# (its setup.py imports torch), then the project with its dev and onnx extras (the ONNX export test runs in CI).
+# (its setup.py imports torch), then the project with its dev, onnx and trackers extras (the ONNX
+# export and the MLflow/W&B tests run in CI).
 $(VENV)/.done: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel $(QUIET)
 	$(BIN)/pip install -q $(TORCH_SPEC) $(QUIET)
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation $(DEEPSPEED_SPEC) "transformers>=4.40" $(QUIET)
-	$(BIN)/pip install -q --no-build-isolation -e ".[dev,onnx]" $(QUIET)
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev,onnx,trackers]" $(QUIET)
 	touch $@
 
 # Two workers on two cores (tests/conftest.py gives each one thread). The slow tier goes out

@@ -3,16 +3,21 @@ on the compute node (dinov2's habit)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+
+log = logging.getLogger(__name__)
 
 
 def _announce(what: str) -> None:
     """Which code a job runs (the submission's snapshot) goes first in its log."""
     import shg
+    from shg.logs import setup_logging
 
-    print(f"shg: {what} with code from {os.path.dirname(shg.__file__)}", flush=True)
+    setup_logging()
+    log.info("shg: %s with code from %s", what, os.path.dirname(shg.__file__))
 
 
 def build_shards(coco: str, split: str, out: str, task_index: int, num_tasks: int,
@@ -43,6 +48,22 @@ class TrainJob:
     def __init__(self, config: str, overrides: list[str], max_requeues: int = 3):
         self.config, self.overrides, self.max_requeues = config, list(overrides), max_requeues
 
+    @property
+    def run_dir(self) -> str | None:
+        """Where this job trains (the last run_dir= override, else the config file's), for
+        `shg submit status`; None when the config cannot be read yet (an AE phase reads its
+        run's config.toml, written when the SHG's training starts)."""
+        for item in reversed(self.overrides):
+            if item.startswith("run_dir="):
+                return item.split("=", 1)[1]
+        try:
+            import tomllib
+
+            with open(self.config, "rb") as f:
+                return tomllib.load(f).get("run_dir")
+        except OSError:
+            return None
+
     def __call__(self) -> int:
         import submitit
 
@@ -72,7 +93,7 @@ def requeue_or_fail(code: int, leader: bool, max_requeues: int, run=subprocess.r
     job_id = os.environ.get("SLURM_JOB_ID")
     if job_id and restarts < max_requeues:
         if leader:
-            print(f"shg: requeue {restarts + 1}/{max_requeues} of job {job_id}", flush=True)
+            log.info("shg: requeue %d/%d of job %s", restarts + 1, max_requeues, job_id)
             run(["scontrol", "requeue", job_id], check=False)
         return code
     why = (f"after {restarts} requeues (max_requeues = {max_requeues})" if job_id
@@ -112,7 +133,7 @@ def analyze(kind: str, options: dict) -> dict:
         result = run_skeletons(SkeletonOptions(**options))
     else:
         raise ValueError(f"unknown analysis {kind!r}; valid: latent, skips, skeletons")
-    print(f"shg: {kind} analysis written to {options['out']}", flush=True)
+    log.info("shg: %s analysis written to %s", kind, options["out"])
     return result
 
 
@@ -132,9 +153,11 @@ def _annotation_file(shards: str, split: str) -> str | None:
     return ann if ann and os.path.isfile(ann) else None
 
 
-def evaluate_variant(run: str, shards: str, best_by_loss: bool) -> dict:
+def evaluate_variant(run: str, shards: str, best_by_loss: bool, boxes: dict | None = None
+                     ) -> dict:
     """A study variant's evaluation job: `shg eval` of best/ (and best_by_loss/) on val2017,
-    with COCO AP when the annotation file the shards were built from is still there."""
+    with COCO AP when the annotation file the shards were built from is still there; on a
+    detector's boxes with `boxes` (SubmitRequest.eval_boxes)."""
     from shg.evaluation.runner import EvalOptions, print_summary, run_eval
     from shg.study import EVAL_DIRS, training_finished
 
@@ -147,7 +170,7 @@ def evaluate_variant(run: str, shards: str, best_by_loss: bool) -> dict:
     for which in ("best", "best_by_loss") if best_by_loss else ("best",):
         summaries[which] = run_eval(EvalOptions(
             shards=shards, split="val2017", out=f"{run}/{EVAL_DIRS[which]}", run=run,
-            best=which, coco_ann=ann))
+            best=which, coco_ann=ann, **(boxes or {})))
         print(f"== {which}/", flush=True)
         print_summary(summaries[which])
     sys.stdout.flush()

@@ -72,6 +72,12 @@ class SubmitRequest:
     study: str | None = None
     """With `study`: the study file (grid and/or variants); --run is then the study's directory
     (default runs/studies/NAME) and --coco, when given, queues shard preparation first."""
+    boxes: str | None = None
+    """With pipeline, eval or study: a detection-results JSON; the evaluation jobs evaluate on
+    its person boxes (COCO AP on a detector's boxes) instead of the shards' ground truth."""
+    images: str | None = None
+    """With `boxes`: the COCO root whose SPLIT/ folder holds the images (default: --coco, else
+    the root of the annotation file the shards were built from)."""
 
     def stages_wanted(self) -> tuple[str, ...]:
         if self.stage not in REQUESTS:
@@ -89,14 +95,35 @@ class SubmitRequest:
         missing = [f"--{k}" for k, needed in needs.items() if needed and not getattr(self, k)]
         if missing:
             raise UserError(f"shg submit {self.stage} needs {', '.join(missing)}")
-        for option in ("config", "study"):
+        for option in ("config", "study", "boxes"):
             if getattr(self, option) and not Path(getattr(self, option)).is_file():
                 raise UserError(f"--{option} {getattr(self, option)}: no such file")
+        if self.boxes and not set(which) & {"eval", "study"}:
+            raise UserError(f"--boxes is for the evaluation jobs (pipeline, eval, study), not "
+                            f"shg submit {self.stage}")
         absolute = {k: str(Path(v).absolute()) if v else v
                     for k, v in (("coco", self.coco), ("shards", self.shards),
                                  ("config", self.config), ("run", self.run),
-                                 ("study", self.study))}
+                                 ("study", self.study), ("boxes", self.boxes),
+                                 ("images", self.images))}
         return SubmitRequest(**{**self.__dict__, **absolute})
+
+    def eval_boxes(self) -> dict:
+        """What the evaluation jobs add to EvalOptions for --boxes ({} without): the boxes file
+        and the COCO root of the images (checked now, not when the job starts)."""
+        if not self.boxes:
+            return {}
+        root = self.images or self.coco
+        if root is None and self.shards and (Path(self.shards) / "manifest.json").is_file():
+            from shards.manifest import split_entry
+
+            ann = split_entry(self.shards, "val2017").get("source", {}).get("annotation_file")
+            root = str(Path(ann).parent.parent) if ann else None
+        if root is None or not (Path(root) / "val2017").is_dir():
+            found = f"; {root}/val2017 is not a folder" if root else ""
+            raise UserError("--boxes needs the images the boxes were detected on: give --images "
+                            f"ROOT (with ROOT/val2017/){found}")
+        return {"boxes": self.boxes, "coco_root": str(Path(root).absolute())}
 
     @property
     def build_options(self) -> dict:
@@ -110,8 +137,10 @@ class SubmitRequest:
 
 def pipeline_stages(coco: str, shards: str, config: str, run: str, overrides: list[str],
                     profile: Profile, build: dict | None = None,
-                    which: tuple[str, ...] = ALL_STAGES) -> list[Stage]:
-    """`build`: the prepare stage's BuildOptions fields (SubmitRequest.build_options)."""
+                    which: tuple[str, ...] = ALL_STAGES, boxes: dict | None = None
+                    ) -> list[Stage]:
+    """`build`: the prepare stage's BuildOptions fields (SubmitRequest.build_options);
+    `boxes`: the evaluation's detected boxes (SubmitRequest.eval_boxes)."""
     stages: list[Stage] = []
     n = profile.prepare_tasks
     if "prepare" in which:
@@ -130,7 +159,7 @@ def pipeline_stages(coco: str, shards: str, config: str, run: str, overrides: li
     if "eval" in which:
         stages.append(Stage("eval", jobs.evaluate,
                             [({"shards": shards, "split": "val2017", "out": f"{run}/eval",
-                               "run": run},)], after=after_train))
+                               "run": run, **(boxes or {})},)], after=after_train))
     if "analyze" in which:
         model = {"shards": shards, "run": run}
         stages.append(Stage("analyze", jobs.analyze,

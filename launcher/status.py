@@ -123,6 +123,14 @@ def status(folder: str, log=print) -> list[dict]:
                 row["why"] = why or (reason if reason != "None" else "")
             elif state == "PENDING" and reason not in ("None", ""):
                 row["why"] = reason
+            runs = record.get("runs", {}).get(stage) or []
+            if index < len(runs) and runs[index] and state not in ("PENDING",):
+                from shg.run_status import run_progress
+
+                progress = run_progress(runs[index])
+                if progress.state != "not started":
+                    row["progress"] = progress.line()
+                    row["why"] = "; ".join(x for x in (row["why"], row["progress"]) if x)
             rows.append(row)
     after = record.get("after", {})
 
@@ -150,7 +158,7 @@ def status(folder: str, log=print) -> list[dict]:
     variant = (lambda r: f"{r['variant']:<{width + 2}}") if width else (lambda r: "")
     job = max([10] + [len(r["job_id"]) for r in rows]) + 2  # debug ids are long
     log(f"{'stage':<12}{'job':<{job}}" + (f"{'variant':<{width + 2}}" if width else "")
-        + f"{'state':<11}{'elapsed':<10}{'requeues':<9}why")
+        + f"{'state':<11}{'elapsed':<10}{'requeues':<9}why / progress")
     for r in rows:
         log(f"{r['stage']:<12}{r['job_id']:<{job}}{variant(r)}{r['state']:<11}"
             f"{r['elapsed']:<10}{r['requeues']:<9}{r['why']}")

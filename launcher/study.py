@@ -33,7 +33,7 @@ def study_dir_of(study: Study, run: str | None) -> Path:
 
 def study_stages(study: Study, study_dir: Path, config: str, shards: str, overrides: list[str],
                  profile: Profile, todo: list, coco: str | None = None,
-                 build: dict | None = None) -> list[Stage]:
+                 build: dict | None = None, boxes: dict | None = None) -> list[Stage]:
     stages = pipeline_stages(coco, shards, config, str(study_dir), [], profile, build,
                              which=("prepare",)) if coco else []
     common = [*profile.training_overrides(), *overrides]
@@ -45,7 +45,8 @@ def study_stages(study: Study, study_dir: Path, config: str, shards: str, overri
                            profile.max_requeues) for v in todo],
         labels=names, after=["finalize"] if coco else []))
     stages.append(Stage("eval", jobs.evaluate_variant,
-                        [(run, shards, study.best_by_loss) for run in runs], array=True,
+                        [(run, shards, study.best_by_loss, boxes or {}) for run in runs],
+                        array=True,
                         may_fail=True, labels=names, after=["train"], after_kind="aftercorr"))
     stages.append(Stage("report", jobs.study_report, [(str(study_dir),)], gpu=False,
                         after=["train", "eval"], after_kind="afterany"))
@@ -73,14 +74,16 @@ def submit_study(request, profile: Profile, executor: str = "slurm", dry_run: bo
         log(f"  {v.name:<28} {' '.join(v.overrides) or '(the config as it is)'}"
             + ("" if v in todo else "   [finished]"))
     folder = profile.job_folder() / study_dir.name
+    boxes = request.eval_boxes()
     if not dry_run:
-        write_record(study_dir, study, request.config, request.shards, str(folder), common)
+        write_record(study_dir, study, request.config, request.shards, str(folder), common,
+                     boxes.get("boxes"))
     if not todo:
         log("nothing to train: rebuilding the report")
         report(study_dir, log=log)
         return {"folder": folder, "study_dir": study_dir, "ids": {}}
     stages = study_stages(study, study_dir, request.config, request.shards, request.overrides,
-                          profile, todo, request.coco, request.build_options)
+                          profile, todo, request.coco, request.build_options, boxes)
     result = submit(stages, profile, executor, study_dir.name, dry_run=dry_run, log=log,
                     snapshot=snapshot)
     if not dry_run:

@@ -59,7 +59,7 @@ def submit_request(request: SubmitRequest, profile: Profile, executor: str = "sl
     else:
         stages = pipeline_stages(request.coco, request.shards, request.config, request.run,
                                  request.overrides, profile, request.build_options,
-                                 request.stages_wanted())
+                                 request.stages_wanted(), request.eval_boxes())
     result = submit(stages, profile, executor, request.run_name, dry_run=dry_run, log=log,
                     snapshot=snapshot)
     if not dry_run:
@@ -206,7 +206,11 @@ def submit(stages: list[Stage], profile: Profile, executor: str, run_name: str,
               # a later submission for the same run (`shg submit ae`) joins the earlier ones
               "after": {**earlier.get("after", {}), **{s.name: s.after for s in stages}},
               "labels": {**earlier.get("labels", {}),
-                         **{s.name: s.labels for s in stages if s.labels}}}
+                         **{s.name: s.labels for s in stages if s.labels}},
+              # where each training job trains: `shg submit status` shows how far it is
+              "runs": {**earlier.get("runs", {}),
+                       **{s.name: [getattr(fn, "run_dir", None) for fn in s.callables()]
+                          for s in stages if s.training}}}
     handles: dict[str, list] = {}
     for stage in stages:
         ex = submitit.AutoExecutor(folder=f"{folder}/%j", cluster=executor)

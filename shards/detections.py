@@ -67,6 +67,13 @@ def load_detections(path: str | Path, image_sizes: dict[int, tuple[int, int]],
     BoxCrops: open_for_crops's reasons.)"""
     path = Path(path)
     entries, _ = read_json_file(path, "boxes file")
+    return parse_detections(entries, str(path), image_sizes, score_threshold, categories)
+
+
+def parse_detections(entries, source: str, image_sizes: dict[int, tuple[int, int]],
+                     score_threshold: float = 0.0, categories=(PERSON,)) -> Detections:
+    """`load_detections` of entries already read (`source` names them in messages)."""
+    path = source
     if not isinstance(entries, list):
         raise DataError(f"{path}: expected a list of detections (COCO results format: "
                         f"image_id, category_id, bbox, score), got a {type(entries).__name__}")
@@ -109,7 +116,7 @@ def load_detections(path: str | Path, image_sizes: dict[int, tuple[int, int]],
             else:
                 boxes.append(Detection(i, image_id, (x, y, w, h), float(score),
                                        int(entry["category_id"])))
-    return Detections(str(path), boxes, len(entries), dropped, examples)
+    return Detections(source, boxes, len(entries), dropped, examples)
 
 
 def box_iou(a, b) -> float:
@@ -160,14 +167,8 @@ class BoxCrops(IterableDataset):
 
     def _sample(self, det: Detection, info: ImageInfo, box: CropBox, pixels: np.ndarray) -> dict:
         size = self.params.size
-        kps = np.zeros((self.joints, 3))
-        meta = {"image_id": det.image_id, "ann_id": None, "box_index": det.index,
-                "category_id": det.category_id,
-                "bbox": list(det.bbox), "score": det.score, "area": det.bbox[2] * det.bbox[3],
-                "affine": box.affine(size).tolist()}
-        sample = {"key": f"{det.image_id:012d}-box{det.index}", "index": det.index,
-                  "image": np.ascontiguousarray(pixels.transpose(2, 0, 1)), "flip": False,
-                  "meta": meta}
+        sample = box_sample(det, box, pixels, size, self.joints)
+        kps = sample["keypoints"]
         if self.oracle_iou is not None:
             best = max(info.persons or [], key=lambda p: box_iou(det.bbox, p[0]), default=None)
             if best is not None and box_iou(det.bbox, best[0]) >= self.oracle_iou:
@@ -177,7 +178,7 @@ class BoxCrops(IterableDataset):
                 kps[labelled, :2] = to_crop(kps[labelled, :2], box, size).round(4)
             sample["heatmaps"], sample["weights"] = codec(self.cfg, size).encode(
                 kps, self.cfg.occluded_weight)
-        sample["keypoints"] = kps.astype(np.float32)
+            sample["keypoints"] = kps.astype(np.float32)
         return sample
 
     def _image_samples(self, image_id: int, dets: list[Detection]) -> Iterator[dict]:
@@ -216,3 +217,32 @@ class BoxCrops(IterableDataset):
         batch["problems"] = list(problems)
         return batch
 
+
+
+def box_sample(det: Detection, box: CropBox, pixels: np.ndarray, size: int, joints: int) -> dict:
+    """One crop of a box as the readers give samples (no keypoints: zeros)."""
+    meta = {"image_id": det.image_id, "ann_id": None, "box_index": det.index,
+            "category_id": det.category_id,
+            "bbox": list(det.bbox), "score": det.score, "area": det.bbox[2] * det.bbox[3],
+            "affine": box.affine(size).tolist()}
+    return {"key": f"{det.image_id:012d}-box{det.index}", "index": det.index,
+            "image": np.ascontiguousarray(pixels.transpose(2, 0, 1)), "flip": False,
+            "meta": meta, "keypoints": np.zeros((joints, 3), dtype=np.float32)}
+
+
+def frame_batches(frames: dict[int, np.ndarray], detections: list[Detection],
+                  params: CropParams, batch_size: int, mean, joints: int) -> Iterator[dict]:
+    """Batches of the crops of `detections` cut from in-memory RGB frames (video, camera) with
+    the same crop code as image files; `frames` maps a detection's image_id to its frame."""
+    from PIL import Image
+
+    pil = {i: Image.fromarray(f) for i, f in frames.items()}
+    samples = []
+    for det in detections:
+        height, width = frames[det.image_id].shape[:2]
+        box = crop_box(det.bbox, width, height, params)
+        pixels = np.asarray(cut(pil[det.image_id], box, params), dtype=np.uint8)
+        samples.append(box_sample(det, box, pixels, params.size, joints))
+    mean = np.asarray(mean, dtype=np.float32)
+    for start in range(0, len(samples), batch_size):
+        yield collate(samples[start:start + batch_size], mean)

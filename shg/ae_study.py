@@ -15,8 +15,10 @@ own resolved config.toml:
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
+
+from shards import atomic
 
 from .errors import UserError
 
@@ -108,7 +110,7 @@ def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str
                        "best_score": best["best_score"],
                        "curve": [{"step": r["step"], "val_loss": r["val_loss"],
                                   **{k: r[k] for k in pck_keys}} for r in vals]}
-    (out_dir / "compare.json").write_text(json.dumps(table, indent=1))
+    atomic.write_json(out_dir / "compare.json", table, indent=1)
     names = list(table)
     keys = list(table[names[0]]["final"])
     lines = ["| metric | " + " | ".join(names) + " | difference |", "|---|---|---|---|"]
@@ -119,7 +121,8 @@ def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str
             table[names[1]]["best_score"] if k == "best_score" else table[names[1]]["final"][k])
         lines.append(f"| {k} | {a:.4g} | {b:.4g} | {b - a:+.4g} |")
     text = "\n".join(lines)
-    (out_dir / "compare.md").write_text(
+    atomic.write_text(
+        out_dir / "compare.md",
         f"# Bottleneck AE vs longer training\n\nBoth start from `{run}` and train the same "
         "number of steps with the same data order and schedule.\n\n" + text + "\n\n"
         "![validation curves](compare.png)\n")
@@ -128,7 +131,7 @@ def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    select = next((k for k in keys if k.startswith("pck_constant@0.5")), keys[-1])
+    select = _selection_metric(finetuned, keys)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for name in names:
         curve = table[name]["curve"]
@@ -141,7 +144,20 @@ def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "compare.png", dpi=100)
+    with atomic.atomic_path(out_dir / "compare.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    print(text)
+    logging.getLogger(__name__).info("%s", text)
     return table
+
+
+def _selection_metric(run: Path, keys: list[str]) -> str:
+    """The metric the phase-2 run selects by (its eval.select_metric), as the leaderboard
+    uses; the last PCK key when its config cannot be read."""
+    from .config import ConfigError, load_config
+
+    try:
+        metric = load_config(run / "config.toml").eval.select_metric
+    except (ConfigError, OSError):
+        metric = None
+    return metric if metric in keys else keys[-1]

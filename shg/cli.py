@@ -193,7 +193,13 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="the model with the lowest validation loss")
     p.add_argument("--out", required=True, help="output .safetensors (or .onnx)")
     p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
-                   help="onnx: the network (dynamic batch, opset 17) + OUT.json for decoders")
+                   help="onnx: the network (dynamic batch, opset 18) + OUT.json for decoders")
+    p.add_argument("--input", choices=["float", "uint8"], default="float",
+                   help="onnx: float32 NCHW model input, or uint8 NHWC RGB crops with the mean "
+                   "subtraction in the graph")
+    p.add_argument("--decode", action="store_true",
+                   help="onnx: also output keypoints (crop pixels) and scores, decoded in the "
+                   "graph")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -201,7 +207,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         from .onnx_export import export_onnx
 
-        out = export_onnx(args.run, args.out, step=args.step, best=best)
+        out = export_onnx(args.run, args.out, step=args.step, best=best,
+                          input_kind=args.input, decode=args.decode)
         print(f"wrote {out} and {out.with_suffix('.json')}")
         return 0
     from .weights import export
@@ -265,27 +272,69 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
+    from .detector import DEFAULT_DETECTOR, DEFAULT_SCORE, DETECTORS
+
     p.add_argument("--model", required=True, help=".safetensors from `shg export`")
-    p.add_argument("inputs", metavar="IMAGE|FOLDER")
+    p.add_argument("inputs", metavar="IMAGE|FOLDER|VIDEO", nargs="?",
+                   help="an image, a folder of images, or a video file (.mp4 .avi .mov .mkv "
+                   ".webm)")
+    p.add_argument("--camera", help="a camera index (0) or a stream URL, instead of a file")
+    p.add_argument("--max-frames", type=int, help="video/camera: stop after this many frames")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--boxes", help="person boxes (COCO detection-results JSON; images named "
                    "by COCO id)")
-    g.add_argument("--bbox", help="x,y,w,h of one person (default: the whole image)")
-    p.add_argument("--out", help="folder for drawn images + results.json (one image: a .png "
-                   "name, results beside it)")
+    g.add_argument("--bbox", help="x,y,w,h of one person in every image/frame")
+    g.add_argument("--whole-image", action="store_true",
+                   help="each image/frame is one person (no detector)")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=list(DETECTORS),
+                   help="torchvision COCO detector used without --boxes/--bbox/--whole-image "
+                   f"(default {DEFAULT_DETECTOR}; ssdlite320_mobilenet_v3_large for CPUs)")
+    p.add_argument("--detector-weights", help="a state dict file of that detector (for "
+                   "machines without internet; `shg detector fetch NAME --out FILE` writes one)")
+    p.add_argument("--detector-score", type=float, default=DEFAULT_SCORE,
+                   help=f"keep person boxes scoring at least this (default {DEFAULT_SCORE}, as "
+                   "mmpose's top-down demos)")
+    p.add_argument("--max-persons", type=int, default=100, help="most boxes kept per image")
+    p.add_argument("--out", help="folder for drawn images/video + results.json (one image or "
+                   "video: a .png/.mp4 name, results beside it)")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0, help="loader processes")
+    p.add_argument("--no-track", action="store_true", help="video: no track ids")
+    p.add_argument("--smooth", action="store_true",
+                   help="video: One-Euro smoothing of each track's keypoints")
+    p.add_argument("--smooth-min-cutoff", type=float, default=1.0, help="One-Euro min cutoff (Hz)")
+    p.add_argument("--smooth-beta", type=float, default=0.01, help="One-Euro speed coefficient")
     evaluate_entry.add_protocol_arguments(p)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .detector import DetectorOptions
     from .predict import PredictOptions, predict_images, print_skips
+    from .video import is_video, predict_video
 
-    summary = predict_images(PredictOptions(
+    opts = PredictOptions(
         args.model, args.inputs, out=args.out, boxes=args.boxes, bbox=args.bbox,
+        whole_image=args.whole_image,
+        detector=DetectorOptions(args.detector, args.detector_weights, args.detector_score,
+                                 args.max_persons),
         protocol=evaluate_entry.protocol_from(args), batch_size=args.batch_size,
-        num_workers=args.workers))
+        num_workers=args.workers, camera=args.camera, max_frames=args.max_frames,
+        track=not args.no_track, smooth=args.smooth, smooth_min_cutoff=args.smooth_min_cutoff,
+        smooth_beta=args.smooth_beta)
+    if opts.persons_from == "detector":
+        print(f"persons from the detector {args.detector} (score >= {args.detector_score}); "
+              "--boxes, --bbox or --whole-image to choose them yourself", file=sys.stderr)
+    video = opts.camera is not None or is_video(opts.inputs)
+    summary = (predict_video if video else predict_images)(opts)
+    if "frames" in summary:  # a video or a camera
+        print(f"{summary['persons']} persons in {summary['frames']} frames of {summary['source']}"
+              f" ({summary['frames_per_s']} frames/s, {summary['tracks']} tracks, "
+              f"{summary['undecodable_frames']} undecodable frames)")
+        for key in ("video_file", "results_file"):
+            if key in summary:
+                print(f"{key.split('_')[0]}: {summary[key]}")
+        return 0
     images = summary["images"]
     if len(images) == 1:
         (path, persons), = images.items()
@@ -392,6 +441,11 @@ def _submit_args(p: argparse.ArgumentParser, name: str) -> None:
                                      "(default runs/studies/NAME)")
     elif name != "prepare":
         p.add_argument("--run", help="run directory")
+    if name in ("pipeline", "eval", "study"):
+        p.add_argument("--boxes", help="detection-results JSON: the evaluation jobs evaluate "
+                       "on its person boxes (COCO AP on detections)")
+        p.add_argument("--images", help="with --boxes: the COCO root holding val2017/ (default "
+                       "--coco, else the root of the shards' annotation file)")
     if name == "pipeline":
         p.add_argument("--ae", action="store_true",
                        help="also queue the bottleneck-AE phases after training")
@@ -399,7 +453,7 @@ def _submit_args(p: argparse.ArgumentParser, name: str) -> None:
                    help="training config overrides")
     p.set_defaults(coco=None, shards=None, config=None, run=None, shard_size=1000,
                    crop_size=256, ae=False,
-                   study=None)
+                   study=None, boxes=None, images=None)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -410,7 +464,8 @@ def _submit(args: argparse.Namespace) -> int:
     request = SubmitRequest(stage=args.stage, coco=args.coco, shards=args.shards,
                             config=args.config, run=args.run, shard_size=args.shard_size,
                             crop_size=args.crop_size,
-                            ae=args.ae, overrides=list(args.overrides), study=args.study)
+                            ae=args.ae, overrides=list(args.overrides), study=args.study,
+                            boxes=args.boxes, images=args.images)
     how = submit_study if args.stage == "study" else submit_request
     how(request, load_profile(args.profile, args.profile_set or []), args.executor,
         dry_run=args.dry_run, snapshot=not args.no_snapshot)
@@ -428,6 +483,22 @@ def _submit_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .run_status import run_progress
+
+    width = max(len(r) for r in args.runs)
+    for run in args.runs:
+        progress = run_progress(run)
+        line = progress.line() if progress.state != "not started" else \
+            "not started (no metrics.jsonl)"
+        print(f"{run:<{width}}  {line}")
+    return 0
+
+
 def _study_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study_dir", help="the study directory (holds study.json)")
 
@@ -436,6 +507,21 @@ def _study_report(args: argparse.Namespace) -> int:
     from launcher.study_report import report
 
     report(args.study_dir)
+    return 0
+
+
+# ----------------------------------------------------------------------------- detector
+def _detector_fetch_args(p: argparse.ArgumentParser) -> None:
+    from .detector import DEFAULT_DETECTOR, DETECTORS
+
+    p.add_argument("name", nargs="?", default=DEFAULT_DETECTOR, choices=list(DETECTORS))
+    p.add_argument("--out", help="also save the state dict here (for --detector-weights)")
+
+
+def _detector_fetch(args: argparse.Namespace) -> int:
+    from .detector import fetch
+
+    print(f"{args.name}: {fetch(args.name, args.out)}")
     return 0
 
 
@@ -455,6 +541,9 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shg", description="Stacked Hourglass pose estimation toolkit (COCO keypoints).")
+    volume = parser.add_mutually_exclusive_group()
+    volume.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    volume.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(group, name: str, help: str, args_fn, run_fn, **defaults):
@@ -476,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(sub, "export", "write a run's weights as plain safetensors, or the network as ONNX",
         _export_args, _export)
     add(sub, "eval", "PCK, COCO AP and a report for a trained run", _eval_args, _eval)
-    add(sub, "predict", "keypoints of every person in images, drawn, as COCO results",
+    add(sub, "predict", "keypoints of every person in images, videos or a camera, drawn, as "
+        "COCO results",
         _predict_args, _predict)
     analyze = sub.add_parser("analyze", help="latent PCA walks, skeleton clusters, skip ablation")
     asub = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
@@ -506,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     stsub = study.add_subparsers(dest="study_command", metavar="ACTION", required=True)
     add(stsub, "report", "rebuild leaderboard.md/json and plots from the runs and jobs",
         _study_report_args, _study_report)
+    detector = sub.add_parser("detector", help="the person detectors of `shg predict`")
+    dsub = detector.add_subparsers(dest="detector_command", metavar="ACTION", required=True)
+    add(dsub, "fetch", "download a detector's weights (on a machine with internet)",
+        _detector_fetch_args, _detector_fetch)
+    add(sub, "status", "how far training runs are: step, img/s, ETA, metric, stalled",
+        _status_args, _status)
     add(sub, "info", "parameters and FLOPs of an SHG", _info_args, _info)
     demo = sub.add_parser("demo", help="run the whole pipeline on synthetic data (make demo)",
                           add_help=False)
@@ -519,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["demo"]:  # the recipe parses its own arguments, --help included
         return _demo(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
+    from .logs import setup_logging
+
+    setup_logging(1 if args.verbose else -1 if args.quiet else 0)
     try:
         return args.func(args)
     except USER_ERRORS as exc:

@@ -131,6 +131,9 @@ class TrainLoopConfig:
     clip_grad: float = 0.0
     """Clip the gradient norm to this value (0 = off)."""
     log_every: int = 10
+    data_wait_warn: float = 0.3
+    """Warn once when more than this share of the step time waited for the loader over three
+    log intervals in a row, with the data.num_workers that would keep up (0 = never)."""
     compile: bool = False
     """torch.compile the model (first steps slower, later ones faster)."""
     deterministic: bool = False
@@ -154,6 +157,8 @@ class TrainLoopConfig:
                 raise ConfigError(f"train.{name} must be >= 1")
         if self.clip_grad < 0:
             raise ConfigError("train.clip_grad must be >= 0")
+        if not 0.0 <= self.data_wait_warn < 1.0:
+            raise ConfigError("train.data_wait_warn must be in [0, 1)")
 
 
 @dataclass
@@ -254,6 +259,27 @@ class AEConfig:
         _choice("ae.output", self.output, ("relu", "sigmoid", "linear"))
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "comet_ml", "clearml", "dvclive")
+
+
+@dataclass
+class LogConfig:
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers the metrics rows also go to (Accelerate's tracker classes): any of
+    tensorboard (RUN/tb), mlflow, wandb, aim, comet_ml, clearml, dvclive; [] for none. A
+    resumed or requeued run continues the same tracker run (ids in RUN/trackers.json)."""
+    project: str = "shg"
+    """The MLflow experiment / W&B project."""
+    mlflow_tracking_uri: str = ""
+    """Where MLflow writes ("" = MLFLOW_TRACKING_URI, else MLflow's default)."""
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"log.trackers: unknown {', '.join(map(repr, unknown))}; valid: "
+                              f"{', '.join(TRACKERS)}")
+
+
 @dataclass
 class RunConfig:
     """A whole training run (the root of configs/*.toml)."""
@@ -276,6 +302,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     ae: AEConfig = field(default_factory=AEConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
         _choice("task", self.task, ("pose", "ae", "pose_ae"))
@@ -349,6 +376,18 @@ def _build(cls, values: dict, prefix: str = ""):
                           + ", ".join(names))
     kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
     return cls(**kwargs)
+
+
+def flatten(table: dict, prefix: str = "") -> dict:
+    """{'model': {'skips': False}} -> {'model.skips': False}: the dotted keys of a nested table
+    (a config, a study's grid or variant)."""
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _parse_value(text: str):

@@ -22,13 +22,25 @@ from .analysis.skips import SkipOptions, run_skips
 from .config import load_config
 from .errors import EXIT_USAGE, USER_ERRORS, UserError, one_line
 from .evaluation.runner import EvalOptions, print_summary, run_eval
-from .predict import predict
+from .predict import PredictOptions, predict_images
 from .synth import SynthOptions, synthesize
 from .training import run as run_training
 from .weights import export
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 CROP_SIZE = 128
+
+
+def annotated_boxes(annotations: Path, image_id: int, out: Path) -> Path:
+    """The image's annotated person boxes as a detection-results file: the demo has no
+    detector weights offline (`shg predict` without --boxes uses a detector)."""
+    import json
+
+    anns = json.loads(annotations.read_text())["annotations"]
+    out.write_text(json.dumps([{"image_id": image_id, "category_id": 1, "bbox": a["bbox"],
+                                "score": 1.0} for a in anns
+                               if a["image_id"] == image_id and not a.get("iscrowd")]))
+    return out
 
 
 class Stages:
@@ -87,9 +99,11 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100,
                                       out=str(root / "eval"), run=str(run),
                                       coco_ann=str(val_ann)))
     print_summary(evaluation)
-    stage("predict", "one validation image")
+    stage("predict", "every person of one validation image (its annotated boxes)")
     image = sorted((coco / "val2017").glob("*.jpg"))[0]
-    predict(str(model), str(image), out=str(root / "predict.png"))
+    boxes = annotated_boxes(val_ann, int(image.stem), root / "predict-boxes.json")
+    predict_images(PredictOptions(str(model), str(image), out=str(root / "predict.png"),
+                                  boxes=str(boxes), progress=False))
     analysis = root / "analysis"
     stage("latent analysis", "PCA of the bottleneck, walks with nearest real samples")
     run_latent(LatentOptions(shards=str(shards), split="train2017", out=str(analysis / "latent"),

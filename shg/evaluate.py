@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    from .logs import setup_logging
+
+    setup_logging()
     grouped = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
     if grouped:
         torch.distributed.init_process_group("gloo")

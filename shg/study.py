@@ -32,9 +32,9 @@ from pathlib import Path
 
 from shards import atomic
 
-from .config import ConfigError, load_config, read_toml
+from .config import ConfigError, flatten, load_config, read_toml
+from .run_status import hms
 
-STUDY_KEYS = ("name", "description", "best_by_loss", "grid", "variants")
 RESERVED = ("run_dir", "data.shards")
 """Keys the study sets for every variant itself."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -58,17 +58,6 @@ class Study:
     source: str = ""
 
 
-def _flatten(table: dict, prefix: str = "") -> dict:
-    """{'model': {'skips': False}} -> {'model.skips': False} (dotted or quoted keys alike)."""
-    out = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _toml_value(value) -> str:
     import tomli_w
 
@@ -85,21 +74,43 @@ def _value_name(value) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
+@dataclass
+class StudyFile:
+    """What a study file holds (checked by the config machinery: an unknown key is named with
+    the valid ones, a wrong type with the expected one)."""
+    name: str = ""
+    """The study's directory and job-folder name (default: the file's stem)."""
+    description: str = ""
+    best_by_loss: bool = False
+    """Also evaluate each variant's best_by_loss/ model."""
+    grid: dict = field(default_factory=dict)
+    """key = [values]: every combination."""
+    variants: dict = field(default_factory=dict)
+    """[variants.NAME] tables of section.key = value overrides."""
+
+    def __post_init__(self) -> None:
+        if self.name and not _NAME.match(self.name):
+            raise ConfigError(f"name {self.name!r} must be letters, digits, '.', '_', '+', '-'")
+        for table in ("grid", "variants"):
+            if not isinstance(getattr(self, table), dict):
+                raise ConfigError(f"{table} must be a table ([{table}])")
+
+
+
+
 def load_study(path: str | Path) -> Study:
     """Read and expand a study file; errors name the file and the offending key."""
+    from .config import _build
+
     path = Path(path)
     raw = read_toml(path, "study file")
-    unknown = sorted(set(raw) - set(STUDY_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]}; valid keys: {', '.join(STUDY_KEYS)}")
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not _NAME.match(name):
+    try:
+        spec = _build(StudyFile, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    name = spec.name or path.stem
+    if not _NAME.match(name):
         raise ConfigError(f"{path}: name {name!r} must be letters, digits, '.', '_', '+', '-'")
-    if not isinstance(raw.get("best_by_loss", False), bool):
-        raise ConfigError(f"{path}: best_by_loss must be true or false")
-    for table in ("grid", "variants"):
-        if table in raw and not isinstance(raw[table], dict):
-            raise ConfigError(f"{path}: {table} must be a table ([{table}])")
     if "grid" not in raw and "variants" not in raw:
         raise ConfigError(f"{path}: no [grid] and no [variants.NAME]: nothing to train")
 
@@ -110,11 +121,11 @@ def load_study(path: str | Path) -> Study:
                               "'_', '+', '-'")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: variants.{vname} must be a table of section.key = value")
-        named.append((vname, [f"{k}={_toml_value(v)}" for k, v in _flatten(table).items()]))
+        named.append((vname, [f"{k}={_toml_value(v)}" for k, v in flatten(table).items()]))
     if "variants" in raw and not named:
         raise ConfigError(f"{path}: [variants] holds no variant")
 
-    grid = _flatten(raw.get("grid", {}))
+    grid = flatten(raw.get("grid", {}))
     if "grid" in raw and not grid:
         raise ConfigError(f"{path}: [grid] is empty; give key = [value, ...]")
     for key, values in grid.items():
@@ -138,8 +149,8 @@ def load_study(path: str | Path) -> Study:
             if item.split("=", 1)[0] in RESERVED:
                 raise ConfigError(f"{path}: variant {v.name} sets {item.split('=', 1)[0]}, "
                                   "which the study sets itself (--shards, the study directory)")
-    return Study(name=name, variants=variants, description=str(raw.get("description", "")),
-                 best_by_loss=raw.get("best_by_loss", False), source=str(path))
+    return Study(name=name, variants=variants, description=spec.description,
+                 best_by_loss=spec.best_by_loss, source=str(path))
 
 
 def variant_overrides(study_dir: str | Path, shards: str, variant: Variant,
@@ -179,9 +190,12 @@ def variant_finished(run: str | Path, best_by_loss: bool) -> bool:
 
 
 def write_record(study_dir: Path, study: Study, config: str, shards: str,
-                 job_folder: str | None, common: list[str]) -> dict:
+                 job_folder: str | None, common: list[str], boxes: str | None = None) -> dict:
+    """`boxes`: the detection-results file the variants are evaluated on (None: the shards'
+    ground-truth boxes)."""
     record = {"study": study.name, "description": study.description, "source": study.source,
-              "config": config, "shards": shards, "best_by_loss": study.best_by_loss,
+              "config": config, "shards": shards, "boxes": boxes,
+              "best_by_loss": study.best_by_loss,
               "job_folder": job_folder, "overrides": list(common),
               "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "variants": [{**asdict(v), "run": str(Path(study_dir) / v.name)}
@@ -269,14 +283,6 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(minutes, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
 def write_leaderboard(study_dir: str | Path, results: list[VariantResult], record: dict) -> dict:
     """leaderboard.md, leaderboard.json, pck_curves.png and final_scores.png in study_dir;
     returns the JSON object. Variants are ranked by their best selection-metric value."""
@@ -286,6 +292,7 @@ def write_leaderboard(study_dir: str | Path, results: list[VariantResult], recor
     unfinished = [r for r in ranked if r.state != "finished"]
     board = {"study": record["study"], "description": record.get("description", ""),
              "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             "boxes": record.get("boxes"),
              "best_variant": done[0].name if done else None,
              "selection_metric": done[0].selection_metric if done else None,
              "variants": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in ranked]}
@@ -294,7 +301,11 @@ def write_leaderboard(study_dir: str | Path, results: list[VariantResult], recor
     lines = [f"# Study {record['study']}", ""]
     if record.get("description"):
         lines += [record["description"], ""]
-    lines += [f"Best variant: **{board['best_variant']}**" if done else
+    boxes = record.get("boxes")
+    on = (f"the person boxes of `{boxes}` (COCO AP on detections)" if boxes
+          else "the ground-truth boxes of the shards")
+    lines += [f"Evaluated on: {on}.", "",
+              f"Best variant: **{board['best_variant']}**" if done else
               "No variant has a validated model yet.", "",
               "| rank | variant | overrides | best " + (done[0].selection_metric if done else "")
               + " | step | bbox PCK@0.2 | COCO AP | steps | train time | state |"
@@ -303,7 +314,7 @@ def write_leaderboard(study_dir: str | Path, results: list[VariantResult], recor
     for i, r in enumerate(ranked, 1):
         row = (f"| {i} | {r.name} | {' '.join(f'`{o}`' for o in r.overrides) or '(config)'} | "
                f"{_fmt(r.best)} | {_fmt(r.best_step)} | {_fmt(r.pck_bbox_02)} | "
-               f"{_fmt(r.coco_ap)} | {_fmt(r.steps)} | {_duration(r.train_seconds)} | "
+               f"{_fmt(r.coco_ap)} | {_fmt(r.steps)} | {hms(r.train_seconds)} | "
                f"{r.state} |")
         if by_loss:
             row += f" {_fmt(r.by_loss.get('pck_bbox_02'))} | {_fmt(r.by_loss.get('coco_ap'))} |"

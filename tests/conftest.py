@@ -111,6 +111,38 @@ def trained_run(small_shards, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory) -> Path:
+    """trained_run's best weights as `shg export` writes them (what predict reads)."""
+    from shg.weights import export
+
+    return export(trained_run, tmp_path_factory.mktemp("exported") / "model.safetensors")
+
+
+@pytest.fixture(scope="session")
+def detector_weights(tmp_path_factory) -> Path:
+    """A state dict of torchvision's ssdlite320_mobilenet_v3_large (a seeded random
+    initialisation: there is no internet here to fetch the trained one)."""
+    import torch
+    from torchvision.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("ssdlite320_mobilenet_v3_large", weights=None, weights_backbone=None,
+                      num_classes=91)
+    state = model.state_dict()
+    # a random initialisation scores every class ~1/91 alike; spread the class scores and
+    # favour persons so that both person and other boxes come out, at several scores
+    g = torch.Generator().manual_seed(0)
+    for key, bias in state.items():
+        if key.startswith("head.classification_head") and key.endswith(".1.bias") \
+                and bias.numel() % 91 == 0:
+            bias.copy_(torch.randn(bias.shape, generator=g) * 1.5)
+            bias.view(-1, 91)[:, 1] += 3.0
+    path = tmp_path_factory.mktemp("detector") / "ssdlite.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def reference_run(small_shards, tmp_path_factory) -> Path:
     """helpers.COMMON uninterrupted, in this process: what every 1-process resume test must
     end with, bit for bit."""

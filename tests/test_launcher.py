@@ -110,7 +110,13 @@ def test_pipeline_through_the_local_executor(synth_root, tmp_path, capsys):
     assert {r["stage"] for r in rows} == {"prepare", "finalize", "train", "eval", "analyze"}
     assert all(r["state"] == "COMPLETED" for r in rows)
     assert len([r for r in rows if r["stage"] == "prepare"]) == 4  # 2 tasks x 2 splits
+    # the training job's row says how far its run got, read from the run's metrics
+    (train_row,) = [r for r in rows if r["stage"] == "train"]
+    assert train_row["progress"].startswith("step 4/4 (100%)")
+    assert train_row["progress"].endswith("finished")
+    assert "step 4/4 (100%)" in capsys.readouterr().out
     record = json.loads((jobs / "run" / "pipeline.json").read_text())
+    assert record["runs"] == {"train": [str(run)]}
     (train_id,) = record["jobs"]["train"]
     log = (jobs / "run" / train_id / f"{train_id}_0_log.out").read_text()
     assert f"with code from {record['code']}/shg" in log  # the snapshot, not the checkout
@@ -283,6 +289,62 @@ def test_the_debug_executor_runs_the_job_here_and_status_reads_it(trained_run, s
     assert row.split()[1] == record["jobs"]["eval"][0] and "COMPLETED" in row
     assert shg(["submit", "status", str(tmp_path / "nowhere")]) == 2
     assert "pipeline.json: not found" in capsys.readouterr().err
+
+
+def test_the_evaluation_job_on_a_detectors_boxes(trained_run, small_shards, synth_root, tmp_path,
+                                                capsys):
+    """`shg submit eval --boxes`: the job evaluates on the file's boxes (here the ground-truth
+    boxes of half the images), the images found from the shards' annotation file."""
+    from shg.cli import main as shg
+    from test_boxes_eval import _gt_boxes
+
+    boxes = _gt_boxes(small_shards)
+    kept = sorted({b["image_id"] for b in boxes})[::2]
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([b for b in boxes if b["image_id"] in kept]))
+    run = tmp_path / "run"
+    __import__("shutil").copytree(trained_run, run)
+    common = ["--profile", "slurm/profiles/local.toml", "--set", f"folder={tmp_path / 'jobs'}",
+              "--executor", "debug", "--shards", str(small_shards), "--run", str(run)]
+    assert shg(["submit", "eval", *common, "--boxes", str(dets)]) == 0
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert summary["boxes"]["source"] == str(dets)
+    assert summary["boxes"]["kept"] == summary["samples"] == sum(
+        b["image_id"] in kept for b in boxes)
+    evaluated = json.loads((run / "eval" / "coco_results.json").read_text())
+    assert {r["image_id"] for r in evaluated} == set(kept)
+    assert "AP" in summary["coco"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # argparse: train jobs take no boxes
+        shg(["submit", "train", *common, "--config", "configs/demo.toml", "--boxes", str(dets)])
+    assert refused.value.code == 2
+    assert "unrecognized arguments: --boxes" in capsys.readouterr().err
+    assert shg(["submit", "eval", *common, "--boxes", str(dets), "--images",
+                str(tmp_path)]) == 2
+    assert f"give --images ROOT (with ROOT/val2017/); {tmp_path}/val2017 is not a folder" in \
+        capsys.readouterr().err
+
+
+def test_study_evaluations_get_the_boxes_and_the_leaderboard_says_so(tmp_path):
+    from launcher.profile import load_profile
+    from launcher.study import study_stages
+    from shg.study import load_study, write_leaderboard
+
+    (tmp_path / "s.toml").write_text('name = "s"\n[grid]\n"optim.lr" = [0.1, 0.2]\n')
+    study = load_study(tmp_path / "s.toml")
+    boxes = {"boxes": "/d/dets.json", "coco_root": "/d/coco"}
+    stages = study_stages(study, tmp_path, "c.toml", "/shards", [],
+                          load_profile("slurm/profiles/local.toml", []), study.variants,
+                          boxes=boxes)
+    (evals,) = [s for s in stages if s.name == "eval"]
+    assert [a[3] for a in evals.args] == [boxes, boxes]
+    board = write_leaderboard(tmp_path, [], {"study": "s", "boxes": "/d/dets.json"})
+    assert board["boxes"] == "/d/dets.json"
+    assert "Evaluated on: the person boxes of `/d/dets.json`" in \
+        (tmp_path / "leaderboard.md").read_text()
+    write_leaderboard(tmp_path, [], {"study": "s"})
+    assert "Evaluated on: the ground-truth boxes of the shards." in \
+        (tmp_path / "leaderboard.md").read_text()
 
 
 @pytest.mark.slow

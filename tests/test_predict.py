@@ -9,10 +9,8 @@ from shg.cli import main as shg
 
 
 @pytest.fixture(scope="module")
-def model(trained_run, tmp_path_factory):
-    path = tmp_path_factory.mktemp("predict") / "m.safetensors"
-    assert shg(["export", "--run", str(trained_run), "--out", str(path)]) == 0
-    return path
+def model(exported_model):
+    return exported_model
 
 
 def test_every_person_of_a_folder_with_boxes(model, coco_sample, tmp_path, capsys):
@@ -77,7 +75,7 @@ def test_predict_matches_eval_on_the_same_boxes(model, synth_root, small_shards,
 def test_one_image_whole_or_one_box(model, synth_root, tmp_path, capsys):
     image = sorted((synth_root / "val2017").glob("*.jpg"))[0]
     capsys.readouterr()
-    assert shg(["predict", "--model", str(model), str(image), "--out",
+    assert shg(["predict", "--model", str(model), str(image), "--whole-image", "--out",
                 str(tmp_path / "whole.png")]) == 0
     whole = json.loads((tmp_path / "whole.json").read_text())
     assert len(whole) == 1 and (tmp_path / "whole.png").stat().st_size > 0
@@ -85,9 +83,10 @@ def test_one_image_whole_or_one_box(model, synth_root, tmp_path, capsys):
         shg(["predict", "--model", str(model), str(image), "--bbox", "0,0,1,1", "--boxes",
              "x.json"])
     assert both.value.code == 2 and "not allowed with" in capsys.readouterr().err
-    assert shg(["predict", "--model", str(model), str(tmp_path / "none.jpg")]) == 2
+    assert shg(["predict", "--model", str(model), str(tmp_path / "none.jpg"),
+                "--whole-image"]) == 2
     assert "image or folder not found" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert shg(["predict", "--model", str(model), str(empty)]) == 2
+    assert shg(["predict", "--model", str(model), str(empty), "--whole-image"]) == 2
     assert "no images" in capsys.readouterr().err

@@ -3,6 +3,7 @@ command of its table parses, every config key of its reference exists with the d
 states. (The ONNX section's decoding lines run in test_onnx.py against a real export.)"""
 
 import ast
+import json
 import re
 import shlex
 from pathlib import Path
@@ -100,6 +101,7 @@ def _same(text: str, value) -> bool:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         match = re.match(r"^-?[\d.e+-]+", text)
         return bool(match) and float(match.group(0)) == float(value)
-    if isinstance(value, list):
-        return text.replace(" ", "") == str(value).replace(" ", "")
+    if isinstance(value, list):  # as TOML writes it (strings in double quotes) or as Python
+        return text.replace(" ", "") in (str(value).replace(" ", ""),
+                                         json.dumps(value).replace(" ", ""))
     return text.strip('"') == str(value)

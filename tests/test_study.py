@@ -71,6 +71,8 @@ model.skips = false
     ('[variants.a]\n"data.shards" = "/x"\n', r"variant a sets data.shards"),
     ('[variants."a b"]\n', r"variant name 'a b'"),
     ('name = "x"\n[variants\n', r"invalid TOML"),
+    ('best_by_loss = "yes"\n[grid]\n"optim.lr" = [1]\n', r"best_by_loss must be bool"),
+    ('grid = 3\n', r"grid must be a table"),
 ])
 def test_bad_study_files_are_refused_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

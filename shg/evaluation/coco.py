@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
+from shards import atomic
 from shards.coco import load_coco
 
 AP_NAMES = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
@@ -37,8 +37,8 @@ def coco_eval(ann_file: str, results: list, out: Path, about: dict,
     stats = {n: float(v) for n, v in zip(AP_NAMES, ev.stats)}  # -1: no ground truth to score
     stats["images"] = len(ev.params.imgIds)
     stats.update(about)
-    (out / "coco_eval.json").write_text(json.dumps(stats, indent=1))
-    (out / "coco_eval.txt").write_text(buf.getvalue())
+    atomic.write_json(out / "coco_eval.json", stats, indent=1)
+    atomic.write_text(out / "coco_eval.txt", buf.getvalue())
     return stats
 
 

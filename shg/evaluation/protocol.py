@@ -84,9 +84,11 @@ def oks_nms(points: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold
     return keep
 
 
-def apply(rows: list[dict], protocol: Protocol, schema) -> tuple[list[dict], dict]:
+def apply(rows: list[dict], protocol: Protocol, schema, with_box: bool = False
+          ) -> tuple[list[dict], dict]:
     """COCO keypoint results of the rows (in their order) after rescoring and OKS-NMS with the
-    keypoint schema's sigmas (no NMS when it has none: said in the counts), and the counts."""
+    keypoint schema's sigmas (no NMS when it has none: said in the counts), and the counts.
+    `with_box` adds each result's person box as "bbox" (COCOeval recomputes it anyway)."""
     scores = [rescore(r.get("box_score", 1.0), r["conf"], protocol.keypoint_threshold)
               for r in rows]
     by_image: dict[int, list[int]] = {}
@@ -114,6 +116,8 @@ def apply(rows: list[dict], protocol: Protocol, schema) -> tuple[list[dict], dic
                             "category_id": int(r.get("category_id", 1)),
                             "keypoints": [round(float(v), 3) for v in kps.ravel()],
                             "score": round(scores[i], 6)})
+            if with_box:
+                results[-1]["bbox"] = [round(float(v), 2) for v in r["bbox"]]
     return results, {"poses": len(rows), "suppressed_by_oks_nms": len(rows) - len(kept),
                      "results": len(results), **notes}
 

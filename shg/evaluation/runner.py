@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shards import atomic
 from shards.manifest import DataError, split_entry
 from shards.schema import KeypointSchema, stored
 from shards.reader import dist_rank_world, eval_loader
@@ -111,7 +112,7 @@ def run_eval(opts: EvalOptions) -> dict:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     results, counts = post.apply(rows, opts.protocol, schema)
-    (out / "coco_results.json").write_text(json.dumps(results))
+    atomic.write_text(out / "coco_results.json", json.dumps(results))
     about = {"boxes": boxes_info, "protocol": opts.protocol.as_dict(), "poses": counts}
     summary = {} if opts.boxes else write_pck(rows, out, schema)
     summary.update({"samples": len(rows), "split": opts.split, "flip_test": opts.protocol.flip,
@@ -130,7 +131,8 @@ def run_eval(opts: EvalOptions) -> dict:
         write_boxes_report(summary, out)
     else:
         write_report(rows, summary, out, opts.shards, opts.split, schema)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    # last, and whole or not at all: a study reads it as "this evaluation finished"
+    atomic.write_json(out / "summary.json", summary, indent=1)
     return summary
 
 
@@ -247,7 +249,7 @@ def write_pck(rows: list, out: Path, schema: KeypointSchema) -> dict:
     for name, note in notes.items():
         if name in report["normalisations"]:
             report["normalisations"][name]["note"] = note
-    (out / "pck.json").write_text(json.dumps(report, indent=1))
+    atomic.write_json(out / "pck.json", report, indent=1)
     return {"pck": {k: v["mean"] for k, v in report["normalisations"].items()},
             "auc": {k: v["auc"] for k, v in report["normalisations"].items()},
             "epe_image_px": report["epe_image_px"]}

@@ -9,6 +9,7 @@ world size fails.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -108,10 +109,11 @@ def check_launch(cfg, accelerator) -> None:
         raise UserError(f"expected {expected} processes, the launch gave "
                         f"{accelerator.num_processes}.{hint}")
     if trap and accelerator.is_main_process:
-        print("shg train: WARNING: started by `accelerate launch --cpu`, which runs a single "
-              "process whatever --num_processes says. For several CPU processes use "
-              "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N` "
-              "(set distributed.expect_processes=N to make this an error).", file=sys.stderr)
+        logging.getLogger(__name__).warning(
+            "shg train: WARNING: started by `accelerate launch --cpu`, which runs a single "
+            "process whatever --num_processes says. For several CPU processes use "
+            "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N` "
+            "(set distributed.expect_processes=N to make this an error).")
 
 
 def batchnorm_mode(cfg, world: int) -> str:
@@ -138,9 +140,13 @@ def unwrap(model, accelerator) -> torch.nn.Module:
     return getattr(m, "_orig_mod", m)
 
 
-def any_rank(flag: bool, accelerator) -> bool:
-    """True on every rank when `flag` is true on any rank (one all-reduce)."""
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+def any_rank(flag, accelerator) -> bool:
+    """True on every rank when `flag` (a bool, or a one-element tensor on the device) is true
+    on any rank (one all-reduce)."""
+    if isinstance(flag, torch.Tensor):
+        value = flag.detach().reshape(1).float().to(accelerator.device)
+    else:
+        value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     if accelerator.num_processes > 1:
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item() > 0)

@@ -32,8 +32,10 @@ def run(cfg, hard_exit: bool = True) -> int:
     DeepSpeed sometimes aborts at interpreter exit after all work is done, so a DeepSpeed run
     ends the process itself: at once (`hard_exit`), or, for callers that still have work in
     this process (the Slurm job wrapper writes its result), as the last exit handler."""
+    from ..logs import setup_logging
     from .trainer import TrainingDiverged
 
+    setup_logging()
     code = EXIT_OK
     try:
         summary = train(cfg)

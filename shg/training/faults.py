@@ -20,6 +20,7 @@ Nothing else in the toolkit reads SHG_FAULT; the loop and the checkpointer only 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import time
@@ -69,7 +70,8 @@ def hold_if(step: int, signals, run_dir: Path) -> None:
     marker = Path(run_dir) / f".fault-hold-{step}"
     if ("hold", step) not in _plan or marker.exists():
         return
-    print(f"SHG_FAULT: holding after step {step} until a stop signal", flush=True)
+    logging.getLogger(__name__).info("SHG_FAULT: holding after step %d until a stop signal",
+                                     step)
     while signals.received is None:
         time.sleep(0.02)
     try:

@@ -8,6 +8,7 @@ bit-identical weights to an uninterrupted run (tests/test_train.py).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -32,7 +33,11 @@ from .metrics_log import MetricsLogger
 from .optim import set_lr
 from .selection import Selection
 from .setup import data_facts, prepare_model, resolved, train_stream
+from .timing import LoaderWatch, StepClock
 from .validation import validate
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(UserError):
@@ -55,6 +60,12 @@ class Progress:
     best_loss_step: int = -1
     train_seconds: float = 0.0
     """Wall time spent in training so far, summed over resumptions (queue time left out)."""
+    compute_seconds: float = 0.0
+    """Of it: input, forward+backward and optimizer (timing.py), summed over resumptions."""
+    data_wait_seconds: float = 0.0
+    """Of it: waiting for the loader's next batch."""
+    checkpoint_seconds: float = 0.0
+    validation_seconds: float = 0.0
 
     @classmethod
     def from_state(cls, state: dict, selection: Selection) -> "Progress":
@@ -98,6 +109,8 @@ class Trainer:
         self._skipped_pending = 0
         self._rate_from = (0.0, 0)
         self._clock = (time.perf_counter(), 0.0)
+        self.steps = StepClock(cuda=self.accelerator.device.type == "cuda")
+        self.loader_watch = LoaderWatch(cfg.train.data_wait_warn)
 
     @contextlib.contextmanager
     def holding_run(self):
@@ -129,16 +142,21 @@ class Trainer:
         accum, micro, loss_acc = cfg.train.grad_accum, 0, 0.0
         self._rate_from = (time.perf_counter(), progress.samples_seen)
         self._clock = (time.perf_counter(), progress.train_seconds)
+        clock = self.steps
         self.model.train()
+        clock.waiting()
         for batch in loader:
+            clock.got_batch()
             if progress.step >= cfg.train.max_steps:
                 break
             micro += 1
             lr = set_lr(self.optimizer, cfg, progress.step)
-            loss_acc += self.forward_backward(batch, last_micro=micro == accum) / accum
+            # the loss stays on the device: read at log steps (and checked once per step)
+            loss_acc = loss_acc + self.forward_backward(batch, last_micro=micro == accum) / accum
             if faults.nan_at(progress.step + 1):
-                loss_acc = float("nan")
+                loss_acc = loss_acc * float("nan")
             if micro < accum:
+                clock.waiting()
                 continue
             micro = 0
             self.optimizer_step(loss_acc)
@@ -146,13 +164,13 @@ class Trainer:
             faults.kill_if("step", progress.step)
             final = progress.step == cfg.train.max_steps
             if progress.step % cfg.train.log_every == 0 or final:
-                self.log_step(loss_acc, lr, stream.num_samples, bar)
+                self.log_step(float(loss_acc), lr, stream.num_samples, bar)
             loss_acc = 0.0
             early_stop = (progress.step % cfg.eval.every_steps == 0 or final) and \
-                self.validate_and_select(bar)
+                self.timed("validation", lambda: self.validate_and_select(bar))
             saved = self.checkpointer.due(progress.step, final or early_stop)
             if saved:
-                self.save()
+                self.timed("checkpoint", self.save)
             faults.hold_if(progress.step, signals, self.run_dir)
             if not final and signals.agreed(acc):
                 self.stop_on_signal(signals.received, saved, bar)
@@ -161,6 +179,7 @@ class Trainer:
                 self.say(bar, f"early stopping: {cfg.eval.early_stop_patience} validations "
                               f"without a better {self.selection.label}")
                 break
+            clock.waiting()
         bar.close()
         acc.wait_for_everyone()
         acc.end_training()
@@ -192,31 +211,49 @@ class Trainer:
             resumed = {"step": self.progress.step, "event": "resumed", "from": str(point),
                        "saved_by_processes": state["world_size"], "processes": world}
             if self.is_main:
-                print(f"resumed from {point} at step {self.progress.step}"
-                      + (f" (saved by {state['world_size']} processes, now {world}: "
-                         "data order differs from an uninterrupted run)"
-                         if state["world_size"] != world else ""), flush=True)
+                log.info("resumed from %s at step %d%s", point, self.progress.step,
+                         f" (saved by {state['world_size']} processes, now {world}: data order "
+                         "differs from an uninterrupted run)"
+                         if state["world_size"] != world else "")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic.write_text(self.run_dir / "config.toml", dump_toml(self.cfg))
-        self.logger = MetricsLogger(self.run_dir, self.is_main)
+        from ..config import to_dict
+
+        self.logger = MetricsLogger(self.run_dir, self.is_main, self.cfg.log, to_dict(self.cfg))
         if resumed:
             self.logger.log(resumed)
 
-    def forward_backward(self, batch: dict, last_micro: bool) -> float:
+    def forward_backward(self, batch: dict, last_micro: bool) -> torch.Tensor:
         """One micro-batch: forward, loss, backward (gradients synchronised on the last one);
-        returns the loss."""
+        returns the loss, on the device (reading it would wait for the GPU)."""
         acc, cfg = self.accelerator, self.cfg
         self._skipped_pending += int(batch.get("skipped", 0))
-        images, target, weights = training_inputs(batch, cfg.data, acc.device, self.schema,
-                                                  cfg.model.channels_last)
+        with self.steps.phase("input"):
+            images, target, weights = training_inputs(batch, cfg.data, acc.device, self.schema,
+                                                      cfg.model.channels_last)
         sync = last_micro or self.deepspeed
-        with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
+        with self.steps.phase("compute"), \
+                acc.no_sync(self.model) if not sync else contextlib.nullcontext():
             with acc.autocast():
                 out = self.model(images)
             loss = task_loss(cfg.task, out, target, weights)
             acc.backward(loss if self.deepspeed else loss / cfg.train.grad_accum)
-        return float(loss.detach())
+        return loss.detach().float()
+
+    def timed(self, what: str, work):
+        """Run a validation or a checkpoint save, its time in its own total (and a row), not in
+        the steps' timing."""
+        started = time.perf_counter()
+        result = work()
+        seconds = time.perf_counter() - started
+        self.steps.exclude(seconds)
+        setattr(self.progress, f"{what}_seconds",
+                getattr(self.progress, f"{what}_seconds") + seconds)
+        if what == "checkpoint" and self.logger is not None:
+            self.logger.log({"step": self.progress.step, "event": "checkpoint",
+                             "checkpoint_s": round(seconds, 4)})
+        return result
 
     def log_step(self, loss: float, lr: float, split_samples: int, bar) -> None:
         """metrics.jsonl / TensorBoard row of this step (every rank calls it: the count of
@@ -226,13 +263,24 @@ class Trainer:
         now, (t_last, samples_last) = time.perf_counter(), self._rate_from
         rate = (progress.samples_seen - samples_last) / max(now - t_last, 1e-9)
         self._rate_from = (now, progress.samples_seen)
+        timing, waited, busy = self.steps.row()
+        progress.data_wait_seconds += waited
+        progress.compute_seconds += busy
         row = {"step": progress.step, "loss": loss, "lr": lr, "img_per_s": rate,
                "samples_seen": progress.samples_seen,
-               "epoch": progress.samples_seen / split_samples}
+               "epoch": progress.samples_seen / split_samples,
+               **{k: round(v, 6) for k, v in timing.items()}}
         if progress.skipped_samples:
             row["skipped_samples"] = progress.skipped_samples
         self.logger.log(row)
-        bar.set_postfix(loss=f"{loss:.5f}", img_s=f"{rate:.1f}")
+        bar.set_postfix(loss=f"{loss:.5f}", img_s=f"{rate:.1f}",
+                        wait=f"{timing['data_wait_frac']:.0%}")
+        warning = self.loader_watch.check(timing, self.cfg.train.batch_size
+                                          * self.cfg.train.grad_accum, self.cfg.data.num_workers)
+        if warning and self.is_main:
+            log.warning("step %d: %s", progress.step, warning)
+            self.logger.log({"step": progress.step, "event": "loader_bottleneck",
+                             "message": warning})
 
     def count_skipped(self) -> None:
         """Add the damaged samples every rank skipped since the last count (data.on_error=skip)
@@ -253,33 +301,45 @@ class Trainer:
         it to RUN/summary.json, which marks it finished (studies skip it on re-submission)."""
         progress = self.progress
         if progress.skipped_samples and self.is_main:
-            print(f"shg train: {progress.skipped_samples} damaged samples were skipped "
-                  "(data.on_error=skip; see the warnings above)", file=sys.stderr)
+            log.warning("shg train: %d damaged samples were skipped (data.on_error=skip; see "
+                        "the warnings above)", progress.skipped_samples)
         summary = {"step": progress.step, "best_score": progress.best_metric,
                    "best_step": progress.best_step, "run_dir": str(self.run_dir),
                    "skipped_samples": progress.skipped_samples,
                    "stopped_by_signal": self.stopped_by_signal,
-                   "train_seconds": round(self.train_seconds(), 1)}
+                   "train_seconds": round(self.train_seconds(), 1),
+                   # where it went (summed over resumptions; compute + data wait is the time
+                   # of the steps up to the last log row)
+                   "seconds": {"compute": round(progress.compute_seconds, 2),
+                               "data_wait": round(progress.data_wait_seconds, 2),
+                               "checkpoint": round(progress.checkpoint_seconds, 2),
+                               "validation": round(progress.validation_seconds, 2)}}
         if self.is_main and not self.stopped_by_signal:
             atomic.write_json(self.run_dir / "summary.json", {**summary, "finished": True},
                               indent=1)
         return summary
 
-    def optimizer_step(self, loss: float) -> None:
+    def optimizer_step(self, loss) -> None:
         """Every rank agrees before stepping: one rank's NaN stops all of them. (Under DeepSpeed
         the engine has already stepped inside backward; the run still stops before anything is
-        saved, so the last good checkpoint stays the newest.)"""
-        if any_rank(not math.isfinite(loss), self.accelerator):
+        saved, so the last good checkpoint stays the newest.) This check is the one host-device
+        synchronisation per step: the price of never applying a NaN step."""
+        finite = torch.isfinite(loss) if isinstance(loss, torch.Tensor) else \
+            torch.tensor(math.isfinite(loss))
+        if any_rank(~finite, self.accelerator):
             last = latest_checkpoint(self.checkpointer.root)
             raise TrainingDiverged(
-                f"loss is {loss} at step {self.progress.step + 1}: stopping before the "
+                f"loss is {float(loss)} at step {self.progress.step + 1}: stopping before the "
                 f"optimizer step. Last good checkpoint: {last or 'none'} (left intact). "
                 "Lower optim.lr, set train.clip_grad, or use mixed_precision=no.")
         if not self.deepspeed:
-            if self.cfg.train.clip_grad > 0:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            with self.steps.phase("optimizer"):
+                if self.cfg.train.clip_grad > 0:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(),
+                                                     self.cfg.train.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.steps.stepped()
         self.progress.step += 1
         self.progress.samples_seen += (self.cfg.train.batch_size * self.cfg.train.grad_accum
                                        * self.accelerator.num_processes)
@@ -287,6 +347,7 @@ class Trainer:
     def validate_and_select(self, bar) -> bool:
         """Validate, keep best/ by the selection metric; True when early stopping says stop."""
         progress, selection = self.progress, self.selection
+        started = time.perf_counter()
         broadcast_buffers(self.model, self.accelerator)
         metrics = validate(self.cfg, self.model, self.accelerator)
         value = selection.value(metrics)
@@ -301,7 +362,8 @@ class Trainer:
             # kept beside best/ so the thesis's comparison of the two rules is one command
             progress.best_loss, progress.best_loss_step = metrics["val_loss"], progress.step
             self.keep_best("best_by_loss", metrics)
-        self.logger.log({"step": progress.step, **metrics, "best_score": progress.best_metric})
+        self.logger.log({"step": progress.step, **metrics, "best_score": progress.best_metric,
+                         "val_s": round(time.perf_counter() - started, 4)})
         self.say(bar, f"step {progress.step}: val loss {metrics['val_loss']:.5f}, "
                       f"{selection.label} {value:.4g} (best {progress.best_metric:.4g} at step "
                       f"{progress.best_step})")
