@@ -26,6 +26,7 @@ $(VENV)/.done: pyproject.toml
 	$(BIN)/pip install -q $(TORCH_SPEC) $(QUIET)
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation $(DEEPSPEED_SPEC) "transformers>=4.40" $(QUIET)
 	$(BIN)/pip install -q --no-build-isolation -e ".[dev,onnx,trackers]" $(QUIET)
+	$(BIN)/python .ci/prebuild_deepspeed_ops.py
 	touch $@
 
 # Two workers on two cores (tests/conftest.py gives each one thread). The slow tier goes out
