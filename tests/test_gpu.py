@@ -94,3 +94,17 @@ def test_compiled_training_on_cuda_saves_plain_weights(small_shards, tmp_path):
                       "checkpoint.every_steps=2", "train.compile=true", *GPU) == 0
     best = weights(run, 4)
     assert not any(k.startswith("_orig_mod.") for k in best)  # loadable without compile
+
+
+def test_step_rows_on_cuda_split_the_time_and_give_the_peak_memory(small_shards, tmp_path):
+    """The phases come from CUDA events read at log rows (no per-step synchronisation for
+    measuring): they are positive and fit in the step time; the peak memory is the model's."""
+    run = tmp_path / "timed"
+    assert train_here(small_shards, run, "train.max_steps=8", "train.log_every=4",
+                      "eval.every_steps=8", *GPU) == 0
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == [4, 8]
+    for r in rows:
+        assert r["gpu_mem_peak_gb"] > 0
+        assert r["compute_s"] > 0 and r["input_s"] > 0 and r["optimizer_s"] > 0
+        assert r["input_s"] + r["compute_s"] + r["optimizer_s"] <= r["step_s"] * 1.05
