@@ -72,6 +72,7 @@ class TrainJob:
             _announce(f"training ({env.num_tasks} ranks on {env.num_nodes} nodes)")
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            os.environ["MASTER_PORT"] = str(master_port(str(env.job_id)))  # see master_port
             os.environ.setdefault("LOCAL_WORLD_SIZE", str(env.num_tasks // env.num_nodes))
         from shg.config import load_config
         from shg.errors import EXIT_REQUEUE
@@ -83,6 +84,17 @@ class TrainJob:
         if code:
             raise RuntimeError(f"training failed with exit code {code}")
         return 0
+
+
+def master_port(job_id: str) -> int:
+    """The rendezvous port of a multi-task job: the same on every task (from the job id), and
+    below Linux's ephemeral range (32768-60999). submitit's own choice, a seeded draw in
+    20000-60000, usually falls inside it, where an outgoing connection of any process on the
+    node (gloo opens many) can hold it: rank 0 then fails with EADDRINUSE and the other ranks
+    wait for it until the collective timeout."""
+    import zlib
+
+    return 20000 + zlib.crc32(job_id.encode()) % 12000
 
 
 def requeue_or_fail(code: int, leader: bool, max_requeues: int, run=subprocess.run) -> int:

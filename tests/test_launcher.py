@@ -363,3 +363,16 @@ def test_no_snapshot_jobs_run_the_live_checkout(trained_run, small_shards, tmp_p
     log = (jobs / "run" / job / f"{job}_0_log.out").read_text()
     assert f"with code from {Path('shg').absolute()}" in log
     assert (run / "eval" / "pck.json").is_file()
+
+
+def test_the_rendezvous_port_is_the_jobs_and_outside_the_ephemeral_range():
+    """Every task of a job derives the same port; none in 32768-60999, where another process's
+    outgoing connection may hold it (a 2-node job's rank 0 failed with EADDRINUSE on submitit's
+    own draw, 45660, while other tests ran)."""
+    from launcher.jobs import master_port
+
+    ports = [master_port(str(job)) for job in range(1, 3000)] + [master_port("171_2")]
+    assert all(20000 <= p < 32000 for p in ports)
+    assert master_port("170") == master_port("170")
+    assert len(set(ports)) > 2000  # spread: jobs running at once rarely share one
+
