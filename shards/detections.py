@@ -73,9 +73,8 @@ def load_detections(path: str | Path, image_sizes: dict[int, tuple[int, int]],
 def parse_detections(entries, source: str, image_sizes: dict[int, tuple[int, int]],
                      score_threshold: float = 0.0, categories=(PERSON,)) -> Detections:
     """`load_detections` of entries already read (`source` names them in messages)."""
-    path = source
     if not isinstance(entries, list):
-        raise DataError(f"{path}: expected a list of detections (COCO results format: "
+        raise DataError(f"{source}: expected a list of detections (COCO results format: "
                         f"image_id, category_id, bbox, score), got a {type(entries).__name__}")
     boxes, dropped, examples = [], Counter(), {}
 
@@ -85,15 +84,15 @@ def parse_detections(entries, source: str, image_sizes: dict[int, tuple[int, int
 
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise DataError(f"{path}: entry {i} is a {type(entry).__name__}, not an object")
+            raise DataError(f"{source}: entry {i} is a {type(entry).__name__}, not an object")
         missing = [k for k in REQUIRED if k not in entry]
         if missing:
-            raise DataError(f"{path}: entry {i} lacks {', '.join(missing)} (every detection "
+            raise DataError(f"{source}: entry {i} lacks {', '.join(missing)} (every detection "
                             f"needs {', '.join(REQUIRED)})")
         box, score = entry["bbox"], entry["score"]
         if not (isinstance(box, list) and len(box) == 4 and all(map(_number, box))) \
                 or not _number(score) or not _number(entry["image_id"]):
-            raise DataError(f"{path}: entry {i}: bbox must be 4 numbers [x, y, w, h], score "
+            raise DataError(f"{source}: entry {i}: bbox must be 4 numbers [x, y, w, h], score "
                             f"and image_id numbers; got bbox={box!r}, score={score!r}, "
                             f"image_id={entry['image_id']!r}")
         image_id = int(entry["image_id"])

@@ -117,7 +117,9 @@ def _image_id(path: Path, position: int, need_coco_id: bool) -> int:
 
 
 def check_detector_category(categories) -> None:
-    if 1 not in categories:
+    from shards.detections import PERSON
+
+    if PERSON not in categories:
         raise UserError(f"the detector finds persons (COCO category 1); this model's keypoints "
                         f"are for category {', '.join(map(str, categories))}: pass --boxes, "
                         f"--bbox or --whole-image")

@@ -56,14 +56,20 @@ def open_capture(opts):
     return cap, name, count if count > 0 else None
 
 
+def frame_limit(announced: int | None, max_frames: int | None) -> int | None:
+    """How many frames to read: the fewer of the announced count and --max-frames (None: to
+    the stream's end)."""
+    known = [x for x in (announced, max_frames) if x is not None]
+    return min(known) if known else None
+
+
 def read_frames(cap, announced: int | None, max_frames: int | None, counts: Counter):
     """(frame index, RGB frame, or None for a frame that could not be decoded) to the end of the
     stream or `max_frames`. Counted: counts["undecodable"] (failures between good frames) and
     counts["announced_not_read"] (frames the file announced after the last one it delivered)."""
     import cv2
 
-    limit = min(x for x in (announced, max_frames) if x is not None) \
-        if announced is not None or max_frames is not None else None
+    limit = frame_limit(announced, max_frames)
     index, failed = 0, []
     while limit is None or index < limit:
         ok, frame = cap.read()
@@ -126,7 +132,6 @@ def predict_video(opts) -> dict:
     import time
 
     import cv2
-    import torch
     from PIL import Image
     from tqdm import tqdm
 
@@ -158,10 +163,9 @@ def predict_video(opts) -> dict:
     smoothers: dict[int, OneEuro] = {}
     counts: Counter = Counter()
     results, writer, last_drawn, box_index = [], None, None, 0
-    total = min(x for x in (announced, opts.max_frames) if x is not None) \
-        if announced is not None or opts.max_frames is not None else None
     started = time.perf_counter()
-    bar = tqdm(total=total, unit="frame", desc="predict", disable=not opts.progress)
+    bar = tqdm(total=frame_limit(announced, opts.max_frames), unit="frame", desc="predict",
+               disable=not opts.progress)
     mean = meta.get("mean_rgb", [0.0, 0.0, 0.0])
     try:
         for chunk in _chunks(read_frames(cap, announced, opts.max_frames, counts),
@@ -213,8 +217,6 @@ def predict_video(opts) -> dict:
         cap.release()
         if writer is not None:
             writer.release()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     summary = {"source": name, "fps": fps, "frames": counts["frames"],
                "undecodable_frames": counts["undecodable"],

@@ -241,18 +241,20 @@ class Trainer:
             acc.backward(loss if self.deepspeed else loss / cfg.train.grad_accum)
         return loss.detach().float()
 
+    TIMED = {"validation": "val_s", "checkpoint": "checkpoint_s"}
+    """What `timed` runs, with the key of its row's seconds."""
+
     def timed(self, what: str, work):
-        """Run a validation or a checkpoint save, its time in its own total (and a row), not in
-        the steps' timing."""
+        """Run a validation or a checkpoint save: its time goes to its own total and a row of
+        its own (`"event": what`), not to the steps' timing."""
         started = time.perf_counter()
         result = work()
         seconds = time.perf_counter() - started
         self.steps.exclude(seconds)
         setattr(self.progress, f"{what}_seconds",
                 getattr(self.progress, f"{what}_seconds") + seconds)
-        if what == "checkpoint" and self.logger is not None:
-            self.logger.log({"step": self.progress.step, "event": "checkpoint",
-                             "checkpoint_s": round(seconds, 4)})
+        self.logger.log({"step": self.progress.step, "event": what,
+                         self.TIMED[what]: round(seconds, 4)})
         return result
 
     def log_step(self, loss: float, lr: float, split_samples: int, bar) -> None:
@@ -319,14 +321,12 @@ class Trainer:
                               indent=1)
         return summary
 
-    def optimizer_step(self, loss) -> None:
+    def optimizer_step(self, loss: torch.Tensor) -> None:
         """Every rank agrees before stepping: one rank's NaN stops all of them. (Under DeepSpeed
         the engine has already stepped inside backward; the run still stops before anything is
         saved, so the last good checkpoint stays the newest.) This check is the one host-device
         synchronisation per step: the price of never applying a NaN step."""
-        finite = torch.isfinite(loss) if isinstance(loss, torch.Tensor) else \
-            torch.tensor(math.isfinite(loss))
-        if any_rank(~finite, self.accelerator):
+        if any_rank(~torch.isfinite(loss), self.accelerator):
             last = latest_checkpoint(self.checkpointer.root)
             raise TrainingDiverged(
                 f"loss is {float(loss)} at step {self.progress.step + 1}: stopping before the "
@@ -347,7 +347,6 @@ class Trainer:
     def validate_and_select(self, bar) -> bool:
         """Validate, keep best/ by the selection metric; True when early stopping says stop."""
         progress, selection = self.progress, self.selection
-        started = time.perf_counter()
         broadcast_buffers(self.model, self.accelerator)
         metrics = validate(self.cfg, self.model, self.accelerator)
         value = selection.value(metrics)
@@ -362,8 +361,7 @@ class Trainer:
             # kept beside best/ so the thesis's comparison of the two rules is one command
             progress.best_loss, progress.best_loss_step = metrics["val_loss"], progress.step
             self.keep_best("best_by_loss", metrics)
-        self.logger.log({"step": progress.step, **metrics, "best_score": progress.best_metric,
-                         "val_s": round(time.perf_counter() - started, 4)})
+        self.logger.log({"step": progress.step, **metrics, "best_score": progress.best_metric})
         self.say(bar, f"step {progress.step}: val loss {metrics['val_loss']:.5f}, "
                       f"{selection.label} {value:.4g} (best {progress.best_metric:.4g} at step "
                       f"{progress.best_step})")
