@@ -628,5 +628,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The `shg` command: main() as the process's exit status (shg.exit: no slow teardown)."""
+    from .exit import run_main
+
+    run_main(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

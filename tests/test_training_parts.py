@@ -90,6 +90,7 @@ def test_deepspeed_gets_torch_autocast_and_our_batch_settings(tmp_path):
                                 "fp16": {"enabled": True}, "train_batch_size": 999,
                                 "train_micro_batch_size_per_gpu": 1}))
     cfg = load_config(None, [f"distributed.deepspeed_config={user}", "mixed_precision=bf16",
+                             "model.joints=17",
                              "train.batch_size=6", "train.grad_accum=3", "train.clip_grad=2.5"])
     ds = deepspeed_config(cfg)
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
@@ -97,10 +98,33 @@ def test_deepspeed_gets_torch_autocast_and_our_batch_settings(tmp_path):
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
             ds["gradient_clipping"]) == (6, 3, 2.5)
     fp32 = deepspeed_config(load_config(None, [f"distributed.deepspeed_config={user}",
-                                               "mixed_precision=no"]))
+                                               "mixed_precision=no", "model.joints=17"]))
     assert "torch_autocast" not in fp32 and "bf16" not in fp32
     user.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     with pytest.raises(UserError, match="ZeRO stage 3 is not supported"):
         deepspeed_config(cfg)
     with pytest.raises(ConfigError, match="nope.json not found"):
         load_config(None, ["distributed.deepspeed_config=nope.json"])
+
+
+def test_deepspeed_buckets_hold_the_model_not_deepspeeds_2gb_default(tmp_path):
+    """ZeRO's buckets default to 5e8 elements whatever the model; unset, they are the model's
+    parameter count (aligned up to 4096), so one bucket still holds every gradient. A user's
+    own sizes are kept."""
+    import json
+
+    from shg.training.distributed import deepspeed_config
+
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    newell = deepspeed_config(load_config(None, [f"distributed.deepspeed_config={user}",
+                                                   "model.joints=17"]))
+    # the 8-stack, 256-feature SHG has 25,437,960 parameters (README, `shg info`):
+    # 6210.4 x 4096, so the bucket is 6211 x 4096
+    assert newell["zero_optimization"]["reduce_bucket_size"] == 6211 * 4096 == 25_440_256
+    assert newell["zero_optimization"]["allgather_bucket_size"] == 25_440_256
+    user.write_text(json.dumps({"zero_optimization": {"stage": 1, "reduce_bucket_size": 1e6}}))
+    mine = deepspeed_config(load_config(None, [f"distributed.deepspeed_config={user}",
+                                                   "model.joints=17"]))
+    assert mine["zero_optimization"]["reduce_bucket_size"] == 1e6
+    assert mine["zero_optimization"]["allgather_bucket_size"] == 25_440_256
