@@ -21,7 +21,8 @@
 #
 # Why some settings are what they are (learned the hard way, see ../shared/slurm-local/NOTES.md):
 # - without a `sacct` that works, submitit never notices a job that died without a result;
-# - a requeued job is held cred_expire+1 s (121 s by default): cred_expire=10 here;
+# - a requeued job is held cred_expire+1 s (121 s by default): cred_expire=5 here (6 s;
+#   Slurm 22.05 accepts 5, checked by the preemption tests);
 # - SlurmctldHost must be `hostname -s`; 22.05 wants SlurmctldParameters=preempt_send_user_signal;
 # - killed daemons stay zombies without a real init: state Z counts as dead.
 set -euo pipefail
@@ -107,7 +108,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=5
 MpiDefault=none
 MailProg=/bin/true
 SwitchType=switch/none
