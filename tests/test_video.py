@@ -103,9 +103,20 @@ def test_smoothing_filters_each_track_from_its_first_frame(exported_model, clip,
     np.testing.assert_allclose(smooth[0], raw[0], atol=1e-3)  # the filter starts at the data
     for f in range(FRAMES):
         np.testing.assert_allclose(smooth[f][:, 2], raw[f][:, 2])  # scores are not filtered
+    # One-Euro is an exponential low-pass filter: each smoothed point lies between the previous
+    # smoothed point and the new raw one (x^_t = a x_t + (1 - a) x^_{t-1}, 0 < a <= 1), so it
+    # never overshoots and moves less; the results are rounded to 1e-3 px
+    for f in range(1, FRAMES):
+        prev, new, out = smooth[f - 1][:, :2], raw[f][:, :2], smooth[f][:, :2]
+        assert np.all(out >= np.minimum(prev, new) - 2e-3), f
+        assert np.all(out <= np.maximum(prev, new) + 2e-3), f
+    # and it did filter: points left behind their raw position, less motion in all
+    # (how much less depends on how the barely trained model's predictions jump, which
+    # differs between bf16 and fp32 machines)
+    assert sum(np.abs(smooth[f][:, :2] - raw[f][:, :2]).max() > 1 for f in range(FRAMES)) >= 3
     motion = lambda run: sum(np.abs(run[f][:, :2] - run[f - 1][:, :2]).sum()  # noqa: E731
                              for f in range(1, FRAMES))
-    assert motion(smooth) < 0.8 * motion(raw)
+    assert motion(smooth) < 0.95 * motion(raw)
 
 
 def test_camera_source_with_max_frames_and_the_detector(exported_model, clip, tmp_path):
