@@ -107,10 +107,10 @@ def deepspeed_config(cfg) -> dict:
 
 def parameter_count(cfg) -> int:
     """The parameters of the network `cfg` asks for (built on the meta device: no memory)."""
-    from ..models import factory
+    from ..models import count_parameters, from_config
 
     with torch.device("meta"):
-        return sum(p.numel() for p in factory.from_config(cfg).parameters())
+        return count_parameters(from_config(cfg))
 
 
 def check_launch(cfg, accelerator) -> None:
