@@ -19,7 +19,8 @@ setup: $(VENV)/.done
 
 # torch first (so nothing pulls a CUDA build), then deepspeed without build isolation
 # (its setup.py imports torch), then the project with its dev, onnx and trackers extras (the ONNX
-# export and the MLflow/W&B tests run in CI).
+# export and the MLflow/W&B tests run in CI; trackers is the full `mlflow`: its SQLite store,
+# `mlflow ui` and the `mlflow server` the tests start).
 $(VENV)/.done: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel $(QUIET)

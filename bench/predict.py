@@ -41,11 +41,10 @@ def main() -> None:
     from PIL import Image
     from torchvision.models import get_model
 
-    from shg.detector import DetectorOptions
+    from shg.inference.command import PredictOptions, run_predict
+    from shg.inference.detector import DetectorOptions
     from shg.models import StackedHourglass
-    from shg.predict import PredictOptions, predict_images
     from shg.synth import SynthOptions, synthesize
-    from shg.video import predict_video
     from shg.weights import save_weights
 
     torch.set_num_threads(args.threads)
@@ -88,22 +87,22 @@ def main() -> None:
             return time.perf_counter() - t, summary
 
         base = dict(model=str(tmp / "m.safetensors"), progress=False, batch_size=16)
-        seconds, _ = timed(predict_images, PredictOptions(inputs=str(images),
-                                                          boxes=str(tmp / "dets.json"),
-                                                          out=str(tmp / "p0"), **base))
+        seconds, _ = timed(run_predict, PredictOptions(inputs=str(images),
+                                                       boxes=str(tmp / "dets.json"),
+                                                       out=str(tmp / "p0"), **base))
         result["images_per_s_boxes_given"] = round(args.images / seconds, 3)
         result["persons_per_s_boxes_given"] = round(persons / seconds, 3)
-        seconds, _ = timed(predict_video, PredictOptions(inputs=str(video), bbox="200,40,240,420",
-                                                         out=str(tmp / "v0"), **base))
+        seconds, _ = timed(run_predict, PredictOptions(inputs=str(video), bbox="200,40,240,420",
+                                                       out=str(tmp / "v0"), **base))
         result["video_frames_per_s_bbox"] = round(args.frames / seconds, 3)
         for name in DETECTORS:
             det = DetectorOptions(name, str(weights[name]), 0.3, max_persons=2)
-            seconds, summary = timed(predict_images, PredictOptions(
+            seconds, summary = timed(run_predict, PredictOptions(
                 inputs=str(images), detector=det, out=str(tmp / f"p-{name}"), **base))
-            found = sum(len(p) for p in summary["images"].values())
+            found = summary["persons"]
             result[f"images_per_s_{name}"] = round(args.images / seconds, 3)
             result[f"persons_found_{name}"] = found
-            seconds, _ = timed(predict_video, PredictOptions(
+            seconds, _ = timed(run_predict, PredictOptions(
                 inputs=str(video), detector=det, out=str(tmp / f"v-{name}"), **base))
             result[f"video_frames_per_s_{name}"] = round(args.frames / seconds, 3)
     if args.json:

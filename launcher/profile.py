@@ -42,6 +42,10 @@ class Profile:
     deepspeed_config: str = ""
     """DeepSpeed JSON for the training jobs (configs/deepspeed_zero2.json); empty keeps the
     training config's (plain DDP unless it names one)."""
+    mlflow_tracking_uri: str = ""
+    """The MLflow tracking server the training jobs log to (http://login01:5000, started on the
+    login node: docs/mlflow.md); empty: the job's MLFLOW_TRACKING_URI, else MLflow's default
+    store in the submission directory."""
 
     def __post_init__(self) -> None:
         for name in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
@@ -65,6 +69,8 @@ class Profile:
             out.append(f"mixed_precision={self.mixed_precision}")
         if self.deepspeed_config:
             out.append(f"distributed.deepspeed_config={Path(self.deepspeed_config).absolute()}")
+        if self.mlflow_tracking_uri:
+            out.append(f"log.mlflow_tracking_uri={self.mlflow_tracking_uri}")
         return out
 
     def job_folder(self) -> Path:

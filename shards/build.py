@@ -3,6 +3,7 @@
 Layout of an output directory (several splits may share it):
 
     DIR/{split}-{i:06d}.tar        complete shards (written as *.tar.tmp, renamed when done)
+    DIR/{split}-{i:06d}.tar.idx.json  where each sample lies in it (shards/index.py)
     DIR/parts/{split}-{i:06d}.json per-shard statistics, merged into the manifest
     DIR/manifest.json              {"format": 1, "splits": {split: {...}}}
 
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
+from . import index as shard_index
+from . import plan_cache
 from .coco import SKIP_REASONS, ImageJob, Plan, annotation_path, make_plan
 from .crop import CropParams, ImageSkip, crop_box, cut, open_for_crops, to_crop
 from .manifest import MANIFEST, DataError, read_manifest
@@ -57,7 +60,8 @@ class BuildOptions:
     schema: str = ""
     """A schema file (TOML) correcting or completing the data's keypoint schema."""
     shard_size: int = 1000
-    workers: int = 1
+    workers: int = 0
+    """Crop processes: 0 = one per CPU this process may use (a Slurm task's allocation)."""
     task_index: int = 0
     num_tasks: int = 1
     min_keypoints: int = 1
@@ -91,8 +95,10 @@ class BuildOptions:
         if self.num_tasks < 1 or not 0 <= self.task_index < self.num_tasks:
             raise DataError(f"task_index must be in [0, num_tasks): got {self.task_index} "
                              f"of {self.num_tasks}")
-        if self.workers < 1:
-            raise DataError("workers must be >= 1")
+        if self.workers < 0:
+            raise DataError("workers must be >= 0 (0: one per CPU)")
+        if self.workers == 0:
+            self.workers = len(os.sched_getaffinity(0))
         if not 0 <= self.png_level <= 9:
             raise DataError("png_level must be in 0..9")
         if self.min_keypoints < 0:
@@ -190,28 +196,6 @@ def _crop_image(args: tuple[str, ImageJob, CropParams, int]) -> dict:
     return result
 
 
-# ---------------------------------------------------------------- planning into shards
-
-def shard_plan(plan: Plan, shard_size: int) -> list[list[ImageJob]]:
-    """Split the planned persons into shards of `shard_size` (an image may straddle two)."""
-    shards: list[list[ImageJob]] = []
-    current: list[ImageJob] = []
-    room = shard_size
-    for job in plan.images:
-        persons = list(job.persons)
-        while persons:
-            take, persons = persons[:room], persons[room:]
-            current.append(ImageJob(job.image_id, job.file_name, job.width, job.height, take,
-                                    image_bboxes=[p.bbox for p in job.persons]))
-            room -= len(take)
-            if room == 0:
-                shards.append(current)
-                current, room = [], shard_size
-    if current:
-        shards.append(current)
-    return shards
-
-
 # ---------------------------------------------------------------- build
 
 def build(opts: BuildOptions, params: CropParams | None = None, log=print) -> dict:
@@ -226,10 +210,7 @@ def build(opts: BuildOptions, params: CropParams | None = None, log=print) -> di
 
     out = Path(opts.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    plan = opts.plan()
-    # A split with no eligible person still gets one (empty) shard, so its manifest entry
-    # exists and says why it is empty (the filtered and skipped counts).
-    shards = shard_plan(plan, opts.shard_size) or [[]]
+    plan, shards = plan_cache.task_plan(opts, out)
     if plan.first_offender and opts.strict:
         raise StrictError(f"--strict: {plan.first_offender}")
     fingerprint = {"annotation_sha256": plan.annotation_sha256, "shard_size": opts.shard_size,
@@ -341,9 +322,13 @@ def _close_shard(state: dict, out: Path, split: str, plan: Plan, params: CropPar
     state["stream"].flush()
     os.fsync(state["stream"].fileno())
     state["stream"].close()
+    final = out / shard_name(split, state["index"])
+    # the index is written before the rename too: a shard that exists has its index
+    shard_index.write(final, shard_index.scan(state["tmp"]))
     part = {
         "shard": shard_name(split, state["index"]), "index": state["index"],
         "num_shards": num_shards, "num_samples": state["count"],
+        "bytes": state["tmp"].stat().st_size,
         "skipped": dict(state["skipped"]), "skipped_images": dict(state["skipped_images"]),
         "rgb_sum": state["rgb_sum"].tolist(), "rgb_sq": state["rgb_sq"].tolist(),
         "pixels": state["pixels"],
@@ -351,7 +336,7 @@ def _close_shard(state: dict, out: Path, split: str, plan: Plan, params: CropPar
         "plan": {"fingerprint": fingerprint,
                  "annotation_file": plan.annotation_file,
                  "annotation_sha256": plan.annotation_sha256,
-                 "planned_persons": plan.num_persons, "planned_images": len(plan.images),
+                 "planned_persons": plan.num_persons, "planned_images": plan.num_images,
                  "filtered": dict(plan.filtered), "skipped": dict(plan.skipped),
                  "dropped_keypoints": dict(plan.dropped_keypoints),
                  "schema": plan.schema.to_dict()},
@@ -359,7 +344,7 @@ def _close_shard(state: dict, out: Path, split: str, plan: Plan, params: CropPar
     }
     # The part is written before the rename: a shard that exists always has its statistics.
     atomic.write_json(_part_path(out, split, state["index"]), part)
-    os.replace(state["tmp"], out / shard_name(split, state["index"]))
+    os.replace(state["tmp"], final)
 
 
 # ---------------------------------------------------------------- finalize
@@ -395,7 +380,8 @@ def finalize(out: str | Path, split: str) -> dict:
     mean = rgb_sum / max(pixels, 1)
     std = np.sqrt(np.maximum(rgb_sq / max(pixels, 1) - mean ** 2, 0.0))
     entry = {
-        "shards": [{"file": p["shard"], "num_samples": p["num_samples"]} for p in loaded],
+        "shards": [{"file": p["shard"], "num_samples": p["num_samples"],
+                    **({"bytes": p["bytes"]} if "bytes" in p else {})} for p in loaded],
         "num_samples": sum(p["num_samples"] for p in loaded),
         "mean_rgb": mean.round(4).tolist(),
         "std_rgb": std.round(4).tolist(),

@@ -69,10 +69,16 @@ class Plan:
     dropped_keypoints: Counter
     first_offender: str | None
     schema: KeypointSchema | None = None
+    counts: tuple[int, int] | None = None
+    """(images, persons) of a plan read back without its images (a build task's part of it)."""
 
     @property
     def num_persons(self) -> int:
-        return sum(len(im.persons) for im in self.images)
+        return self.counts[1] if self.counts else sum(len(im.persons) for im in self.images)
+
+    @property
+    def num_images(self) -> int:
+        return self.counts[0] if self.counts else len(self.images)
 
 
 def annotation_path(root: str | Path, split: str) -> Path:
@@ -119,7 +125,7 @@ def _complete(ann: dict) -> None:
     box = ann.get("bbox")
     if "area" not in ann and isinstance(box, list) and len(box) == 4 and \
             all(isinstance(v, (int, float)) for v in box):
-        ann["area"] = float(box[2] * box[3])
+        ann["area"], ann["area_from_box"] = float(box[2] * box[3]), True  # see evaluation/coco.py
 
 
 def _parse_person(ann: dict, joints: int, path: Path) -> tuple[tuple[float, ...], np.ndarray]:
@@ -174,17 +180,92 @@ def plan_schema(dataset: dict, path: Path, category: str | int | None = None,
     return apply_schema_file(schema, schema_file) if schema_file else schema
 
 
+@dataclass
+class CocoStream:
+    """What the planner needs of a COCO-format file, read in one streaming pass."""
+    images: dict
+    """{image id: {"id", "file_name", "width", "height"}} (what the file gives of these)."""
+    categories: list
+    annotations: list
+    """Annotations with id, image_id and category_id, without their segmentation (the bulk of
+    a COCO file), keypoints as float64 arrays."""
+    malformed: list
+    """Ids ("?" when absent) of annotations lacking id, image_id or category_id."""
+    sha256: str
+
+
+_IMAGE_FIELDS = ("id", "file_name", "width", "height")
+
+
+def stream_coco(path: str | Path, chunk: int = 1 << 20) -> CocoStream:
+    """Read a COCO-format annotation file once, in chunks, with a streaming parser (ijson):
+    memory holds the images and the annotations' plan-relevant fields, never the file's bytes
+    or its polygons; the sha256 is computed from the same read. Missing, invalid or not COCO:
+    a DataError naming the file."""
+    import ijson
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found")
+    parts = CocoStream({}, [], [], [], "")
+    sinks = {name: ijson.sendable_list() for name in ("images", "categories", "annotations")}
+    coros = {name: ijson.items_coro(sink, f"{name}.item", use_float=True)
+             for name, sink in sinks.items()}
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while data := f.read(chunk):
+                digest.update(data)
+                for name, coro in coros.items():
+                    coro.send(data)
+                _take(parts, sinks, path)
+        for coro in coros.values():
+            coro.close()
+        _take(parts, sinks, path)
+    except ijson.JSONError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not parts.images and not parts.annotations and not parts.malformed:
+        raise DataError(f"{path}: not a COCO annotation file (no 'images' or 'annotations' "
+                        "entries)")
+    parts.sha256 = digest.hexdigest()
+    return parts
+
+
+def _take(parts: CocoStream, sinks: dict, path: Path) -> None:
+    """Move the items parsed so far into `parts`, keeping only what planning uses."""
+    for image in sinks["images"]:
+        if not isinstance(image, dict) or "id" not in image:
+            raise DataError(f"{path}: malformed COCO structure (an image without 'id')")
+        parts.images[image["id"]] = {k: image[k] for k in _IMAGE_FIELDS if k in image}
+    parts.categories += sinks["categories"]
+    for ann in sinks["annotations"]:
+        if not (isinstance(ann, dict) and all(k in ann for k in ("id", "image_id",
+                                                                 "category_id"))):
+            parts.malformed.append(ann.get("id", "?") if isinstance(ann, dict) else "?")
+            continue
+        ann.pop("segmentation", None)
+        kps = ann.get("keypoints")
+        if isinstance(kps, list):
+            try:
+                ann["keypoints"] = np.asarray(kps, dtype=np.float64)
+            except (TypeError, ValueError):
+                pass  # left as it is: planning counts it as malformed
+        parts.annotations.append(ann)
+    for sink in sinks.values():
+        del sink[:]
+
+
 def make_plan(path: str | Path, split: str, min_keypoints: int = 1, seed: int = 0,
               category: str | int | None = None, schema_file: str | None = None) -> Plan:
     """Eligible persons (instances of the schema's categories) grouped by image, images in a
-    seeded random order, from the annotation file `path`.
+    seeded random order, from the annotation file `path` (read once, streamed: stream_coco).
 
     The order is shuffled so each shard mixes the whole split (good for streaming training);
     it is still a pure function of the json and the seed.
     """
     path = Path(path)
-    coco, sha = load_coco(path)
-    schema = plan_schema(coco.dataset, path, category, schema_file)
+    coco = stream_coco(path)
+    schema = plan_schema({"categories": coco.categories}, path, category, schema_file)
     wanted = set(schema.categories)
     filtered, skipped, dropped = Counter(), Counter(), Counter()
     first: list[str] = []
@@ -194,20 +275,19 @@ def make_plan(path: str | Path, split: str, min_keypoints: int = 1, seed: int = 
         if not first:
             first.append(f"{path}: {what}: {reason}")
 
-    for ann in coco.malformed:
-        ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
+    for ann_id in coco.malformed:
         skip("malformed_annotation", f"annotation {ann_id} (lacks id/image_id/category_id)")
     jobs: dict[int, ImageJob] = {}
-    for ann in coco.dataset["annotations"]:
+    for ann in coco.annotations:
         if wanted and ann["category_id"] not in wanted:
             filtered["other_category"] += 1
             continue
-        ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
+        ann_id = ann.get("id", "?")
         try:
             if ann.get("iscrowd", 0):
                 filtered["iscrowd"] += 1
                 continue
-            image = coco.imgs.get(ann["image_id"])
+            image = coco.images.get(ann["image_id"])
             if image is None:
                 skip("unknown_image", f"annotation {ann_id}")
                 continue
@@ -234,11 +314,11 @@ def make_plan(path: str | Path, split: str, min_keypoints: int = 1, seed: int = 
                                                width, height)
         job.persons.append(Person(int(ann["id"]), bbox, kps, float(ann.get("area", w * h)),
                                   int(ann["category_id"])))
+    coco.annotations.clear()  # the persons hold what is needed now
 
     images = [jobs[k] for k in sorted(jobs)]
     for job in images:
         job.persons.sort(key=lambda p: p.ann_id)
     random.Random(seed).shuffle(images)
-    return Plan(split, images, str(path.absolute()), sha, filtered, skipped, dropped,
+    return Plan(split, images, str(path.absolute()), coco.sha256, filtered, skipped, dropped,
                 first[0] if first else None, schema)
-

@@ -6,7 +6,10 @@ e.g. `COCO_val2017_detections_AP_H_56_person.json`: a list of {"image_id", "cate
 file's images; every box it cannot use is counted under a reason (never silently dropped) and
 a file that is not in that format is a one-line error naming the entry. `BoxCrops` cuts the
 kept boxes out of the original images with the shard builder's own crop code, in loader
-workers, split over ranks, every box once.
+workers, split over ranks, every box once. Prediction (shg/inference) cuts its crops with the
+same code, one image at a time: `crops_of_file` (an image file, decoded once for all its
+boxes) and `crops_of_image` (an image already decoded: a video frame, an image the person
+detector saw).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .crop import CropBox, CropParams, ImageSkip, crop_box, cut, open_for_crops, to_crop
@@ -70,9 +74,11 @@ def load_detections(path: str | Path, image_sizes: dict[int, tuple[int, int]],
     return parse_detections(entries, str(path), image_sizes, score_threshold, categories)
 
 
-def parse_detections(entries, source: str, image_sizes: dict[int, tuple[int, int]],
+def parse_detections(entries, source: str, image_sizes: dict[int, tuple[int, int]] | None,
                      score_threshold: float = 0.0, categories=(PERSON,)) -> Detections:
-    """`load_detections` of entries already read (`source` names them in messages)."""
+    """`load_detections` of entries already read (`source` names them in messages).
+    `image_sizes=None`: the images are not known yet (prediction reads each one once, later),
+    so unknown_image and outside_image are left to the caller (`outside_image`)."""
     if not isinstance(entries, list):
         raise DataError(f"{source}: expected a list of detections (COCO results format: "
                         f"image_id, category_id, bbox, score), got a {type(entries).__name__}")
@@ -106,16 +112,21 @@ def parse_detections(entries, source: str, image_sizes: dict[int, tuple[int, int
             drop("bad_box", i, f"bbox {box}")
         elif score < score_threshold:
             drop("below_threshold", i, f"score {score} < {score_threshold}")
-        elif image_id not in image_sizes:
+        elif image_sizes is not None and image_id not in image_sizes:
             drop("unknown_image", i, f"image_id {image_id} is not in the annotation file")
-        else:
+        elif image_sizes is not None and outside_image((x, y, w, h), *image_sizes[image_id]):
             width, height = image_sizes[image_id]
-            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-                drop("outside_image", i, f"bbox {box} outside the {width}x{height} image")
-            else:
-                boxes.append(Detection(i, image_id, (x, y, w, h), float(score),
-                                       int(entry["category_id"])))
+            drop("outside_image", i, f"bbox {box} outside the {width}x{height} image")
+        else:
+            boxes.append(Detection(i, image_id, (x, y, w, h), float(score),
+                                   int(entry["category_id"])))
     return Detections(source, boxes, len(entries), dropped, examples)
+
+
+def outside_image(bbox, width: int, height: int) -> bool:
+    """A box (x, y, w, h) with no pixel in the width x height image."""
+    x, y, w, h = bbox
+    return x >= width or y >= height or x + w <= 0 or y + h <= 0
 
 
 def box_iou(a, b) -> float:
@@ -217,7 +228,6 @@ class BoxCrops(IterableDataset):
         return batch
 
 
-
 def box_sample(det: Detection, box: CropBox, pixels: np.ndarray, size: int, joints: int) -> dict:
     """One crop of a box as the readers give samples (no keypoints: zeros)."""
     meta = {"image_id": det.image_id, "ann_id": None, "box_index": det.index,
@@ -229,19 +239,31 @@ def box_sample(det: Detection, box: CropBox, pixels: np.ndarray, size: int, join
             "meta": meta, "keypoints": np.zeros((joints, 3), dtype=np.float32)}
 
 
-def frame_batches(frames: dict[int, np.ndarray], detections: list[Detection],
-                  params: CropParams, batch_size: int, mean, joints: int) -> Iterator[dict]:
-    """Batches of the crops of `detections` cut from in-memory RGB frames (video, camera) with
-    the same crop code as image files; `frames` maps a detection's image_id to its frame."""
-    from PIL import Image
+def crops_of_file(path, width: int, height: int, dets: list[Detection], params: CropParams,
+                  joints: int) -> tuple[list[dict], Image.Image, float]:
+    """(samples, decoded image, its scale) of one image file's boxes: the file decoded once for
+    all of them, with the reader of shard building and BoxCrops (open_for_crops: JPEG draft
+    decoding when every crop is smaller than its box), so the crops are theirs. Raises
+    ImageSkip for a missing or undecodable file."""
+    boxes = [crop_box(d.bbox, width, height, params) for d in dets]
+    image, scale = open_for_crops(path, width, height, boxes, params)
+    return [box_sample(det, box, np.asarray(cut(image, box, params, scale), dtype=np.uint8),
+                       params.size, joints) for det, box in zip(dets, boxes)], image, scale
 
-    pil = {i: Image.fromarray(f) for i, f in frames.items()}
+
+def crops_of_image(image: Image.Image, dets: list[Detection], params: CropParams,
+                   joints: int) -> list[dict]:
+    """The samples of `dets` cut from a decoded RGB image (a video frame, an image the detector
+    saw) with the same crop code as image files."""
+    width, height = image.size
     samples = []
-    for det in detections:
-        height, width = frames[det.image_id].shape[:2]
+    for det in dets:
         box = crop_box(det.bbox, width, height, params)
-        pixels = np.asarray(cut(pil[det.image_id], box, params), dtype=np.uint8)
+        pixels = np.asarray(cut(image, box, params), dtype=np.uint8)
         samples.append(box_sample(det, box, pixels, params.size, joints))
-    mean = np.asarray(mean, dtype=np.float32)
-    for start in range(0, len(samples), batch_size):
-        yield collate(samples[start:start + batch_size], mean)
+    return samples
+
+
+def crop_batch(samples: list[dict], mean) -> dict:
+    """One batch of samples (as the shard readers batch them)."""
+    return collate(samples, np.asarray(mean, dtype=np.float32))

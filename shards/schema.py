@@ -7,7 +7,7 @@ reads it from there (flip augmentation, targets, PCK, OKS, COCO AP, drawings, cl
 Where a schema comes from, first match wins:
 
 1. a schema file (`shg shards build --schema FILE`, TOML: names, flip_pairs, skeleton,
-   sigmas, weights; each optional, names must be the data's);
+   sigmas, weights, protocol; each optional, names must be the data's);
 2. a known layout whose joint names the data's equal (COCO person, MPII, CrowdPose, AP-10K:
    their published flip pairs, skeletons and OKS sigmas);
 3. the annotation file's category: `keypoints` (names) and `skeleton` (1-based), the flip
@@ -31,6 +31,14 @@ class SchemaError(DataError):
     """A keypoint schema that cannot work (one line naming the joint or field)."""
 
 
+OKS_PROTOCOLS = {
+    "auto": "each annotation's area where it has one, else 0.53 x its box's width x height",
+    "area": "each annotation's area (COCO's protocol: COCO, OCHuman, AP-10K)",
+    "bbox": "0.53 x each annotation's box width x height (CrowdPose's and AI Challenger's: "
+            "xtcocotools' use_area=False)"}
+"""The OKS scale of COCO AP (`protocol` in a schema file, `shg eval --protocol`): the choices."""
+
+
 @dataclass(frozen=True, eq=True)
 class KeypointSchema:
     names: tuple[str, ...]
@@ -48,8 +56,13 @@ class KeypointSchema:
     """The annotation file's category ids with this keypoint list (empty: not from a file)."""
     source: str = ""
     """Where it came from: a known layout, the annotation file, a schema file."""
+    protocol: str = "auto"
+    """The OKS scale of COCO AP (OKS_PROTOCOLS); "auto" decides from the annotations."""
 
     def __post_init__(self) -> None:
+        if self.protocol not in OKS_PROTOCOLS:
+            raise SchemaError(f"protocol {self.protocol!r} is not one of "
+                              f"{', '.join(OKS_PROTOCOLS)}")
         k = len(self.names)
         if k < 1:
             raise SchemaError("a keypoint schema needs at least one joint")
@@ -111,7 +124,8 @@ class KeypointSchema:
                 "skeleton": [list(e) for e in self.skeleton],
                 "sigmas": None if self.sigmas is None else list(self.sigmas),
                 "weights": None if self.weights is None else list(self.weights),
-                "categories": list(self.categories), "source": self.source}
+                "categories": list(self.categories), "source": self.source,
+                **({} if self.protocol == "auto" else {"protocol": self.protocol})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "KeypointSchema":
@@ -120,7 +134,7 @@ class KeypointSchema:
                    sigmas=None if d.get("sigmas") is None else tuple(d["sigmas"]),
                    weights=None if d.get("weights") is None else tuple(d["weights"]),
                    name=d.get("name", ""), categories=tuple(d.get("categories") or ()),
-                   source=d.get("source", ""))
+                   source=d.get("source", ""), protocol=d.get("protocol", "auto"))
 
 
 def stored(entry: dict | None) -> KeypointSchema:
@@ -256,7 +270,7 @@ def _replace(schema: KeypointSchema, **changes) -> KeypointSchema:
     return KeypointSchema(**{**schema.__dict__, **changes})
 
 
-SCHEMA_KEYS = ("name", "names", "flip_pairs", "skeleton", "sigmas", "weights")
+SCHEMA_KEYS = ("name", "names", "flip_pairs", "skeleton", "sigmas", "weights", "protocol")
 
 
 def apply_schema_file(schema: KeypointSchema, path: str | Path) -> KeypointSchema:
@@ -290,6 +304,11 @@ def apply_schema_file(schema: KeypointSchema, path: str | Path) -> KeypointSchem
     changes: dict = {"source": f"schema file {path}"}
     if "name" in raw:
         changes["name"] = str(raw["name"])
+    if "protocol" in raw:
+        if not isinstance(raw["protocol"], str) or raw["protocol"] not in OKS_PROTOCOLS:
+            raise SchemaError(f"{path}: protocol {raw['protocol']!r} is not one of "
+                              f"{', '.join(OKS_PROTOCOLS)}")
+        changes["protocol"] = raw["protocol"]
     if "flip_pairs" in raw:
         flip = list(range(len(names)))
         for pair in raw["flip_pairs"]:

@@ -56,7 +56,8 @@ def _shards_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", required=True, help="the split's name, e.g. train2017 or val2017")
     p.add_argument("--out", required=True, help="shard directory (shared by splits)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    p.add_argument("--workers", type=int, default=1, help="processes on this machine")
+    p.add_argument("--workers", type=int, default=0,
+                   help="crop processes (default 0: one per CPU this process may use)")
     p.add_argument("--task-index", type=int, default=0, help="this task (Slurm array index)")
     p.add_argument("--num-tasks", type=int, default=1, help="tasks sharing the build")
     p.add_argument("--min-keypoints", type=int, default=1,
@@ -205,7 +206,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     best = "best_by_loss" if args.best_by_loss else "best"
     if args.format == "onnx":
-        from .onnx_export import export_onnx
+        from .inference.onnx_export import export_onnx
 
         out = export_onnx(args.run, args.out, step=args.step, best=best,
                           input_kind=args.input, decode=args.decode)
@@ -272,7 +273,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    from .detector import DEFAULT_DETECTOR, DEFAULT_SCORE, DETECTORS
+    from .inference.detector import DEFAULT_DETECTOR, DEFAULT_SCORE, DETECTORS
 
     p.add_argument("--model", required=True, help=".safetensors from `shg export`")
     p.add_argument("inputs", metavar="IMAGE|FOLDER|VIDEO", nargs="?",
@@ -295,11 +296,15 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                    help=f"keep person boxes scoring at least this (default {DEFAULT_SCORE}, as "
                    "mmpose's top-down demos)")
     p.add_argument("--max-persons", type=int, default=100, help="most boxes kept per image")
-    p.add_argument("--out", help="folder for drawn images/video + results.json (one image or "
-                   "video: a .png/.mp4 name, results beside it)")
+    p.add_argument("--out", help="folder for drawn images/video, results.jsonl (written as "
+                   "predicted) and results.json (one image or video: a .png/.mp4 name, results "
+                   "beside it)")
+    p.add_argument("--no-draw", action="store_true",
+                   help="with --out: the results alone, no drawn images or video")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=0, help="loader processes")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes decoding images and cutting crops (default 2; 0: none)")
     p.add_argument("--no-track", action="store_true", help="video: no track ids")
     p.add_argument("--smooth", action="store_true",
                    help="video: One-Euro smoothing of each track's keypoints")
@@ -309,9 +314,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .detector import DetectorOptions
-    from .predict import PredictOptions, predict_images, print_skips
-    from .video import is_video, predict_video
+    from .inference.command import PredictOptions, print_skips, run_predict
+    from .inference.detector import DetectorOptions
 
     opts = PredictOptions(
         args.model, args.inputs, out=args.out, boxes=args.boxes, bbox=args.bbox,
@@ -321,32 +325,28 @@ def _predict(args: argparse.Namespace) -> int:
         protocol=evaluate_entry.protocol_from(args), batch_size=args.batch_size,
         num_workers=args.workers, camera=args.camera, max_frames=args.max_frames,
         track=not args.no_track, smooth=args.smooth, smooth_min_cutoff=args.smooth_min_cutoff,
-        smooth_beta=args.smooth_beta)
+        smooth_beta=args.smooth_beta, draw=not args.no_draw)
     if opts.persons_from == "detector":
         print(f"persons from the detector {args.detector} (score >= {args.detector_score}); "
               "--boxes, --bbox or --whole-image to choose them yourself", file=sys.stderr)
-    video = opts.camera is not None or is_video(opts.inputs)
-    summary = (predict_video if video else predict_images)(opts)
+    summary = run_predict(opts)
     if "frames" in summary:  # a video or a camera
         print(f"{summary['persons']} persons in {summary['frames']} frames of {summary['source']}"
               f" ({summary['frames_per_s']} frames/s, {summary['tracks']} tracks, "
               f"{summary['undecodable_frames']} undecodable frames)")
-        for key in ("video_file", "results_file"):
+        for key in ("video_file", "results_file", "stream_file"):
             if key in summary:
                 print(f"{key.split('_')[0]}: {summary[key]}")
         return 0
-    images = summary["images"]
-    if len(images) == 1:
-        (path, persons), = images.items()
-        print(json.dumps({"image": path, "persons": persons}, indent=1))
+    if "single" in summary:  # one image: its persons
+        print(json.dumps(summary["single"], indent=1))
     else:
-        persons = sum(len(p) for p in images.values())
-        print(f"{persons} persons in {len(images)} images ({summary['poses']['poses']} boxes, "
-              f"{summary['poses']['suppressed_by_oks_nms']} suppressed by OKS-NMS)")
+        poses = summary["poses"]
+        print(f"{summary['persons']} persons in {summary['images']} images ({poses['poses']} "
+              f"boxes, {poses['suppressed_by_oks_nms']} suppressed by OKS-NMS)")
     if "results_file" in summary:
-        drawn = list(summary["drawn"].values())
-        print(f"results: {summary['results_file']}; drawn: "
-              f"{drawn[0] if len(drawn) == 1 else args.out}")
+        print(f"results: {summary['results_file']} (stream: {summary['stream_file']}); drawn: "
+              f"{summary['drawn'] or 'no (--no-draw)'}")
     print_skips(summary)
     return 0
 
@@ -358,6 +358,14 @@ def _analyze_args(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--step", type=int)
         p.add_argument("--model", help=".safetensors instead of --run")
         p.add_argument("--max-samples", type=int, default=0, help="0 = the whole split")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--workers", type=int, default=None,
+                       help="loader processes per rank (default: the CPUs this process may "
+                       "use, less one, at most 8; 0: read in the process itself)")
+        p.add_argument("--nproc", type=int, default=1,
+                       help="processes (through torchrun, as shg eval --nproc), each over its "
+                       "share of the split")
+        evaluate_entry.add_device_arguments(p)
     p.add_argument("--shards", required=True)
     # (skips: the training split by default, as the thesis - what has the model learned?)
     p.add_argument("--split", default="train2017")
@@ -374,45 +382,36 @@ def _analyze_args(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--norm", choices=["constant", "bbox"], default="bbox",
                        help="PCK that defines a perfect sample (default bbox@0.2)")
         p.add_argument("--threshold", type=float, default=0.2)
+        p.add_argument("--max-perfect", type=int, default=256,
+                       help="ablate on the first this many perfect samples; reading stops "
+                       "there (default 256)")
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from .analysis import entry
+
     what = args.analysis
+    if what == "skeletons":
+        from .analysis.skeletons import SkeletonOptions
+
+        return entry.analyze(what, SkeletonOptions(shards=args.shards, split=args.split,
+                                                   out=args.out, k_min=args.k_min,
+                                                   k_max=args.k_max))
+    model = {"shards": args.shards, "split": args.split, "out": args.out, "run": args.run,
+             "step": args.step, "model_file": args.model, "limit": args.max_samples,
+             "batch_size": args.batch_size, "num_workers": args.workers,
+             "device": args.device, "precision": args.precision}
     if what == "latent":
-        from .analysis.latent import LatentOptions, run_latent
+        from .analysis.latent import LatentOptions
 
-        r = run_latent(LatentOptions(shards=args.shards, split=args.split, out=args.out,
-                                     run=args.run, step=args.step, model_file=args.model,
-                                     stack=args.stack, components=args.components,
-                                     steps=[float(v) for v in args.walk.split(",")],
-                                     limit=args.max_samples))
-        ratios = r["explained_variance_ratio"]
-        print(f"latent: {r['samples']} samples x {r['latent_dim']} dims; first components "
-              "explain " + ", ".join(f"{v:.1%}" for v in ratios[:5])
-              + f"; sample nearest the mean: {r['mean_nearest']['key']}")
-    elif what == "skeletons":
-        from .analysis.skeletons import SkeletonOptions, run_skeletons
-
-        r = run_skeletons(SkeletonOptions(shards=args.shards, split=args.split, out=args.out,
-                                          k_min=args.k_min, k_max=args.k_max))
-        for name, pop in r["populations"].items():
-            best = pop["best_k"]
-            score = pop["silhouette"].get(str(best)) if best else None
-            print(f"skeletons ({name}): {pop['count']} skeletons, best k = {best}"
-                  + (f" (silhouette {score:.3f})" if score is not None else ""))
+        opts = LatentOptions(**model, stack=args.stack, components=args.components,
+                             steps=[float(v) for v in args.walk.split(",")])
     else:
-        from .analysis.skips import SkipOptions, run_skips
+        from .analysis.skips import SkipOptions
 
-        r = run_skips(SkipOptions(shards=args.shards, split=args.split, out=args.out,
-                                  run=args.run, step=args.step, model_file=args.model,
-                                  norm=args.norm, threshold=args.threshold,
-                                  limit=args.max_samples))
-        print(f"skips: {r['perfect']} of {r['samples_seen']} samples perfectly predicted")
-        for name, s in r["settings"].items():
-            print(f"  skips off: {name:<8} PCK {s['pck']:.3f}  heatmap change "
-                  f"{s['heatmap_change']:.3f}")
-    print(f"written to {args.out}/")
-    return 0
+        opts = SkipOptions(**model, norm=args.norm, threshold=args.threshold,
+                           max_perfect=args.max_perfect)
+    return entry.analyze(what, opts, args.nproc)
 
 
 # ----------------------------------------------------------------------------- Slurm
@@ -512,14 +511,14 @@ def _study_report(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- detector
 def _detector_fetch_args(p: argparse.ArgumentParser) -> None:
-    from .detector import DEFAULT_DETECTOR, DETECTORS
+    from .inference.detector import DEFAULT_DETECTOR, DETECTORS
 
     p.add_argument("name", nargs="?", default=DEFAULT_DETECTOR, choices=list(DETECTORS))
     p.add_argument("--out", help="also save the state dict here (for --detector-weights)")
 
 
 def _detector_fetch(args: argparse.Namespace) -> int:
-    from .detector import fetch
+    from .inference.detector import fetch
 
     print(f"{args.name}: {fetch(args.name, args.out)}")
     return 0

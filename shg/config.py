@@ -271,7 +271,9 @@ class LogConfig:
     project: str = "shg"
     """The MLflow experiment / W&B project."""
     mlflow_tracking_uri: str = ""
-    """Where MLflow writes ("" = MLFLOW_TRACKING_URI, else MLflow's default)."""
+    """Where MLflow writes: a tracking server (http://host:5000) or a store (sqlite:///x.db);
+    "" = MLFLOW_TRACKING_URI, else the store the run's first start wrote to, else MLflow's
+    default, sqlite:///mlflow.db in the directory training starts in (docs/mlflow.md)."""
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.trackers if t not in TRACKERS]

@@ -22,7 +22,7 @@ from .analysis.skips import SkipOptions, run_skips
 from .config import load_config
 from .errors import EXIT_USAGE, USER_ERRORS, UserError, one_line
 from .evaluation.runner import EvalOptions, print_summary, run_eval
-from .predict import PredictOptions, predict_images
+from .inference.command import PredictOptions, run_predict
 from .synth import SynthOptions, synthesize
 from .training import run as run_training
 from .weights import export
@@ -102,8 +102,8 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100,
     stage("predict", "every person of one validation image (its annotated boxes)")
     image = sorted((coco / "val2017").glob("*.jpg"))[0]
     boxes = annotated_boxes(val_ann, int(image.stem), root / "predict-boxes.json")
-    predict_images(PredictOptions(str(model), str(image), out=str(root / "predict.png"),
-                                  boxes=str(boxes), progress=False))
+    run_predict(PredictOptions(str(model), str(image), out=str(root / "predict.png"),
+                               boxes=str(boxes), progress=False))
     analysis = root / "analysis"
     stage("latent analysis", "PCA of the bottleneck, walks with nearest real samples")
     run_latent(LatentOptions(shards=str(shards), split="train2017", out=str(analysis / "latent"),

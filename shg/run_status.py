@@ -34,10 +34,14 @@ class RunProgress:
     best_value: float | None = None
     best_step: int | None = None
     last_row_age_s: float | None = None
+    mlflow: str | None = None
+    """The run's MLflow link (RUN/trackers.json): its page on a tracking server, or its id and
+    local store."""
 
     def line(self) -> str:
         """One line: `step 120/1000 (12%), 85.3 img/s, ETA 0:12:30, pck_bbox@0.2 0.61 (best
-        0.63 at 100)`, with the state when it is not running."""
+        0.63 at 100)`, with the state when it is not running and the MLflow link when the run
+        has one."""
         parts = [f"step {self.step}/{self.max_steps}" + (
             f" ({self.step / self.max_steps:.0%})" if self.max_steps else "")]
         if self.img_per_s is not None:
@@ -52,6 +56,8 @@ class RunProgress:
             parts.append(f"STALLED: no new row for {hms(self.last_row_age_s or 0)}")
         elif self.state != "running":
             parts.append(self.state)
+        if self.mlflow:
+            parts.append(f"mlflow {self.mlflow}")
         return ", ".join(parts)
 
 
@@ -93,6 +99,11 @@ def run_progress(run: str | Path, now: float | None = None) -> RunProgress:
         higher = not (cfg and cfg.task == "ae")
         best = (max if higher else min)(vals, key=lambda r: r[metric])
         out.best_value, out.best_step = best[metric], best["step"]
+    try:
+        out.mlflow = json.loads((run / "trackers.json").read_text()).get("mlflow", {}).get(
+            "link")
+    except (OSError, ValueError):  # no MLflow, or a file being replaced
+        pass
     times = [r["time"] for r in rows if "time" in r]
     if times:
         out.last_row_age_s = now - times[-1]

@@ -214,6 +214,10 @@ def read_record(study_dir: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- leaderboard
+CROWD_KEYS = ("AP_easy", "AP_medium", "AP_hard")
+"""coco_eval.json's AP by crowd index (CrowdPose): columns AP(E), AP(M), AP(H) when present."""
+
+
 @dataclass
 class VariantResult:
     name: str
@@ -225,6 +229,10 @@ class VariantResult:
     best_step: int | None = None
     pck_bbox_02: float | None = None
     coco_ap: float | None = None
+    ap_easy: float | None = None
+    ap_medium: float | None = None
+    ap_hard: float | None = None
+    """CrowdPose's AP by crowd index (when the annotation file has crowdIndex)."""
     steps: int | None = None
     train_seconds: float | None = None
     by_loss: dict = field(default_factory=dict)
@@ -238,8 +246,10 @@ def _eval_scores(run: Path, which: str) -> dict:
     if not path.is_file():
         return {}
     s = json.loads(path.read_text())
+    coco = s.get("coco", {})
     return {"pck_bbox_02": s.get("pck", {}).get("bbox", {}).get("0.2"),
-            "coco_ap": s.get("coco", {}).get("AP")}
+            "coco_ap": coco.get("AP"),
+            **{k.lower(): coco[k] for k in CROWD_KEYS if k in coco}}
 
 
 def variant_result(entry: dict, state: str, why: str, best_by_loss: bool) -> VariantResult:
@@ -301,6 +311,7 @@ def write_leaderboard(study_dir: str | Path, results: list[VariantResult], recor
     lines = [f"# Study {record['study']}", ""]
     if record.get("description"):
         lines += [record["description"], ""]
+    crowd = any(getattr(r, k.lower()) is not None for r in ranked for k in CROWD_KEYS)
     boxes = record.get("boxes")
     on = (f"the person boxes of `{boxes}` (COCO AP on detections)" if boxes
           else "the ground-truth boxes of the shards")
@@ -308,14 +319,18 @@ def write_leaderboard(study_dir: str | Path, results: list[VariantResult], recor
               f"Best variant: **{board['best_variant']}**" if done else
               "No variant has a validated model yet.", "",
               "| rank | variant | overrides | best " + (done[0].selection_metric if done else "")
-              + " | step | bbox PCK@0.2 | COCO AP | steps | train time | state |"
+              + " | step | bbox PCK@0.2 | COCO AP |"
+              + (" AP(E) | AP(M) | AP(H) |" if crowd else "")
+              + " steps | train time | state |"
               + (" bbox PCK@0.2 by loss | COCO AP by loss |" if by_loss else ""),
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if by_loss else "")]
+              "|---:|---|---|---:|---:|---:|---:|" + ("---:|" * 3 if crowd else "")
+              + "---:|---:|---|" + ("---:|---:|" if by_loss else "")]
     for i, r in enumerate(ranked, 1):
         row = (f"| {i} | {r.name} | {' '.join(f'`{o}`' for o in r.overrides) or '(config)'} | "
                f"{_fmt(r.best)} | {_fmt(r.best_step)} | {_fmt(r.pck_bbox_02)} | "
-               f"{_fmt(r.coco_ap)} | {_fmt(r.steps)} | {hms(r.train_seconds)} | "
-               f"{r.state} |")
+               f"{_fmt(r.coco_ap)} | "
+               + "".join(f"{_fmt(getattr(r, k.lower()))} | " for k in CROWD_KEYS if crowd)
+               + f"{_fmt(r.steps)} | {hms(r.train_seconds)} | {r.state} |")
         if by_loss:
             row += f" {_fmt(r.by_loss.get('pck_bbox_02'))} | {_fmt(r.by_loss.get('coco_ap'))} |"
         lines.append(row)

@@ -27,7 +27,7 @@ def test_person_boxes_are_the_models_person_class_above_the_score(detector_weigh
                                                                    synth_root):
     from torchvision.models import get_model
 
-    from shg.detector import DetectorOptions, PersonDetector
+    from shg.inference.detector import DetectorOptions, PersonDetector
 
     images = [_image(synth_root, 0), _image(synth_root, 1)]
     reference = get_model(FAST, weights=None, weights_backbone=None, num_classes=91)
@@ -130,7 +130,7 @@ def test_wrong_weights_file_is_one_line(exported_model, detector_weights, synth_
 
 def test_a_model_of_another_category_refuses_the_person_detector(tmp_path, capsys):
     from shg.errors import UserError
-    from shg.predict import check_detector_category
+    from shg.inference.detector import check_detector_category
 
     check_detector_category((1,))
     with pytest.raises(UserError, match="category 26: pass --boxes, --bbox or --whole-image"):

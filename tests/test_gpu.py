@@ -68,8 +68,13 @@ def test_eval_and_predict_on_cuda(trained_run, small_shards, synth_root, tmp_pat
 
     out = tmp_path / "eval"
     assert shg(["eval", "--run", str(trained_run), "--shards", str(small_shards), "--split",
-                "val2017", "--out", str(out)]) == 0
+                "val2017", "--out", str(out), "--precision", "fp32"]) == 0
     cuda = json.loads((out / "pck.json").read_text())
+    auto = tmp_path / "eval-auto"  # the default on a GPU: autocast (bf16 from Ampere on)
+    assert shg(["eval", "--run", str(trained_run), "--shards", str(small_shards), "--split",
+                "val2017", "--out", str(auto)]) == 0
+    assert json.loads((auto / "summary.json").read_text())["precision"] in ("bf16", "fp16")
+    mixed = json.loads((auto / "pck.json").read_text())
     cpu_out = tmp_path / "eval-cpu"
     proc = subprocess.run([sys.executable, "-m", "shg.cli", "eval", "--run", str(trained_run),
                            "--shards", str(small_shards), "--split", "val2017", "--out",
@@ -80,6 +85,8 @@ def test_eval_and_predict_on_cuda(trained_run, small_shards, synth_root, tmp_pat
     for name in ("constant", "bbox"):  # fp32 on both: the same predictions up to rounding
         assert cuda["normalisations"][name]["mean"]["0.5"] == pytest.approx(
             cpu["normalisations"][name]["mean"]["0.5"], abs=0.01)
+        assert mixed["normalisations"][name]["mean"]["0.5"] == pytest.approx(
+            cpu["normalisations"][name]["mean"]["0.5"], abs=0.05)
     image = next((synth_root / "val2017").glob("*.jpg"))
     model = tmp_path / "m.safetensors"
     assert shg(["export", "--run", str(trained_run), "--out", str(model)]) == 0

@@ -29,17 +29,23 @@ def test_every_person_of_a_folder_with_boxes(model, coco_sample, tmp_path, capsy
     (tmp_path / "dets.json").write_text(json.dumps(boxes))
     out = tmp_path / "out"
     capsys.readouterr()
-    # the unreadable file is refused up front with its name (its size cannot be read)
-    assert shg(["predict", "--model", str(model), str(folder), "--boxes",
-                str(tmp_path / "dets.json"), "--out", str(out)]) == 2
-    assert "000000000999.jpg: cannot read the image" in capsys.readouterr().err
-    (folder / "000000000999.jpg").unlink()
     assert shg(["predict", "--model", str(model), str(folder), "--boxes",
                 str(tmp_path / "dets.json"), "--out", str(out), "--oks-nms", "none",
                 "--batch-size", "5"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
     people = len(boxes) - 1
-    assert f"{people} persons in 4 images" in printed
+    assert f"{people} persons in 5 images" in captured.out
+    # the unreadable file does not stop the run: counted, named, and its line says why
+    assert "skipped 1: corrupt_image" in captured.err
+    assert "000000000999.jpg: cannot read the image" in captured.err
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [line["file"] for line in lines] == sorted(str(p) for p in folder.glob("*.jpg"))
+    (bad,) = [line for line in lines if "skipped" in line]
+    assert bad["image_id"] == 999 and bad["skipped"]["reason"] == "corrupt_image"
+    assert bad["persons"] == []
+    # results.json is the stream's persons, in its order
+    assert json.loads((out / "results.json").read_text()) == [
+        person for line in lines for person in line["persons"]]
     results = json.loads((out / "results.json").read_text())
     assert len(results) == people
     assert sorted({r["image_id"] for r in results}) == sorted(i["id"] for i in gt["images"])
@@ -90,3 +96,34 @@ def test_one_image_whole_or_one_box(model, synth_root, tmp_path, capsys):
     empty.mkdir()
     assert shg(["predict", "--model", str(model), str(empty), "--whole-image"]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_the_python_predictor_gives_what_the_command_writes(model, synth_root, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from shg.inference import Predictor
+
+    folder = synth_root / "val2017"
+    out = tmp_path / "cli"
+    assert shg(["predict", "--model", str(model), str(folder), "--whole-image", "--no-draw",
+                "--workers", "0", "--out", str(out)]) == 0
+    assert not list(out.glob("*.png"))  # --no-draw: the results alone
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    files = sorted(str(p) for p in folder.glob("*.jpg"))
+    assert [line["file"] for line in lines] == files
+    # two decoding processes give the frames back in file order, with the same persons
+    predictor = Predictor.from_weights(model, workers=2)
+    frames = list(predictor.predict_folder(folder, whole_image=True))
+    assert [f.source for f in frames] == files
+    assert [f.persons for f in frames] == [line["persons"] for line in lines]
+    assert all(len(f.persons) == 1 and f.pixels is None for f in frames)
+    # an image given as an array is predicted as the same pixels in a file
+    image = tmp_path / "one.png"
+    pixels = np.asarray(Image.open(files[0]).convert("RGB"))
+    Image.fromarray(pixels).save(image)
+    from_file = predictor.predict_image(image, bbox="10,10,100,200")
+    from_array = predictor.predict_image(pixels, bbox=(10, 10, 100, 200))
+    assert from_file.persons[0]["bbox"] == [10.0, 10.0, 100.0, 200.0]
+    assert [p["keypoints"] for p in from_array.persons] == \
+        [p["keypoints"] for p in from_file.persons]

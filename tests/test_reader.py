@@ -156,10 +156,143 @@ def test_eval_reads_every_sample_once_across_ranks_and_workers(synth_shards):
         indices = []
         for rank in range(world):
             for b in eval_loader(EvalStream(synth_shards, "train2017", 5, rank=rank,
-                                            world=world), num_workers=workers):
+                                            world=world, targets=rank == 0),
+                                 num_workers=workers):
                 indices += b["index"].tolist()
-                assert b["weights"].shape[1] == 17
+                # targets only when asked (a validation loss, the oracle)
+                assert ("weights" in b) == (rank == 0) and ("heatmaps" in b) == (rank == 0)
+                if rank == 0:
+                    assert b["weights"].shape[1] == 17
         assert sorted(indices) == list(range(n))
     first = next(iter(EvalStream(synth_shards, "train2017", 4, rank=0, world=1)))
     again = next(iter(EvalStream(synth_shards, "train2017", 4, rank=0, world=1)))
     assert torch.equal(first["image"], again["image"])  # no augmentation in evaluation
+
+
+# ----------------------------------------------------------------- bytes each slot reads
+def _spans(shard) -> dict[str, tuple[int, int]]:
+    """Each sample's byte span in a tar, from Python's tarfile (independent of shards/index):
+    from its first member's header to the end of its last member's 512-byte padded data."""
+    import tarfile
+
+    spans: dict[str, list[int]] = {}
+    with tarfile.open(shard) as tar:
+        for m in tar.getmembers():
+            key = m.name.split(".", 1)[0]
+            end = m.offset_data + -(-m.size // 512) * 512
+            spans.setdefault(key, [m.offset, end])[1] = end
+    return {k: (a, b) for k, (a, b) in spans.items()}
+
+
+@pytest.fixture(scope="module")
+def two_shards(synth_root, tmp_path_factory):
+    from shards.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("two_shards")
+    build(BuildOptions(coco_root=str(synth_root), split="val2017", out=str(out), shard_size=12,
+                       crop_size=64, progress=False), log=lambda *a: None)
+    from shards.manifest import read_manifest
+    assert len(read_manifest(out)["splits"]["val2017"]["shards"]) == 2
+    return out
+
+
+@pytest.mark.parametrize("slots", [1, 4, 16])
+def test_one_pass_reads_each_sample_once_for_any_number_of_slots(two_shards, slots):
+    """1, 4 or 16 slots on 2 shards: together they read every sample's bytes exactly once
+    (no slot reads a byte another slot uses, or one it throws away)."""
+    from shards import index
+    from shards.manifest import read_manifest
+
+    entry = read_manifest(two_shards)["splits"]["val2017"]
+    spans = {k: v for s in entry["shards"] for k, v in _spans(two_shards / s["file"]).items()}
+    n = entry["num_samples"]
+    with pytest.raises(Exception, match=f"{n} samples, fewer than the {n + 1} reader slots"):
+        TrainStream(two_shards, "val2017", 1, rank=0, world=n + 1)  # a slot would get none
+    from shards.reader import slot_range
+
+    sizes = [slot_range(n, slots, q)[1] - slot_range(n, slots, q)[0] for q in range(slots)]
+    assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+    keys, total = [], 0
+    for rank in range(slots):
+        stream = TrainStream(two_shards, "val2017", 1, seed=3, rank=rank, world=slots,
+                             num_batches=sizes[rank], shuffle_buffer=4)  # one pass
+        before = index.bytes_read()
+        got = [k for b in stream for k in b["key"]]
+        read = index.bytes_read() - before
+        assert read == sum(spans[k][1] - spans[k][0] for k in got)  # its own samples' bytes
+        keys += got
+        total += read
+    assert sorted(keys) == sorted(spans)  # every sample in exactly one slot's pass
+    tar_bytes = sum((two_shards / s["file"]).stat().st_size for s in entry["shards"])
+    # the whole pass: the shards' bytes, less only the end-of-archive blocks
+    assert 0.95 * tar_bytes <= total <= tar_bytes
+
+
+def test_eval_slots_read_only_their_own_samples(two_shards):
+    from shards import index
+
+    n = sum(len(b["key"]) for b in EvalStream(two_shards, "val2017", 100, rank=0, world=1))
+    reads = []
+    for rank in range(3):
+        before = index.bytes_read()
+        list(EvalStream(two_shards, "val2017", 2, rank=rank, world=3))
+        reads.append(index.bytes_read() - before)
+    before = index.bytes_read()
+    list(EvalStream(two_shards, "val2017", 2, rank=0, world=1))
+    whole = index.bytes_read() - before
+    assert n > 6 and sum(reads) == whole and max(reads) < 0.5 * whole
+
+
+def test_a_deep_resume_reads_only_the_samples_of_the_batches_it_yields(synth_shards):
+    """Resuming 50 passes deep reads the bytes of the batches it returns and nothing else, and
+    returns what the uninterrupted stream returns there."""
+    from shards import index
+    from shards.manifest import read_manifest
+
+    entry = read_manifest(synth_shards)["splits"]["train2017"]
+    spans = {k: v for s in entry["shards"] for k, v in _spans(synth_shards / s["file"]).items()}
+    per_pass = entry["num_samples"] // 4
+    deep = 50 * per_pass + 3
+
+    def stream(start, count):
+        return TrainStream(synth_shards, "train2017", 4, seed=9, rank=0, world=1,
+                           start_batch=start, num_batches=count, shuffle_buffer=16)
+
+    before = index.bytes_read()
+    resumed = list(stream(deep, 2))
+    read = index.bytes_read() - before
+    assert read == sum(spans[k][1] - spans[k][0] for b in resumed for k in b["key"])
+    full = list(stream(deep - 2, 4))  # an earlier start gives the same batches there
+    for a, b in zip(full[2:], resumed):
+        assert a["key"] == b["key"] and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["heatmaps"], b["heatmaps"])
+
+
+def test_lookups_by_key_and_metadata_scans_read_only_what_they_return(synth_shards):
+    """A few crops by key (the analyses' montages) and every sample's JSON (the skeleton
+    analysis) read those members' bytes alone, not the split."""
+    import tarfile
+
+    from shards import index
+    from shards.manifest import read_manifest
+    from shards.reader import samples_by_key, split_members
+
+    entry = read_manifest(synth_shards)["splits"]["train2017"]
+    sizes, members = {}, {}
+    for s in entry["shards"]:
+        with tarfile.open(synth_shards / s["file"]) as tar:
+            for m in tar.getmembers():
+                sizes[m.name] = m.size
+                members[m.name] = (s["file"], m)
+    keys = sorted({n.split(".")[0] for n in sizes})
+    wanted = {keys[1], keys[-2]}
+    before = index.bytes_read()
+    got = samples_by_key(synth_shards, "train2017", wanted, ("png",))
+    assert set(got) == wanted
+    assert index.bytes_read() - before == sum(sizes[f"{k}.png"] for k in wanted)
+    with tarfile.open(synth_shards / members[f"{keys[1]}.png"][0]) as tar:
+        assert got[keys[1]]["png"] == tar.extractfile(f"{keys[1]}.png").read()
+    before = index.bytes_read()
+    metas = list(split_members(synth_shards, "train2017", "json"))
+    assert sorted(r["__key__"] for r in metas) == keys
+    assert index.bytes_read() - before == sum(sizes[f"{k}.json"] for k in keys)

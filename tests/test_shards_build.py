@@ -80,10 +80,18 @@ def test_synth_shards_and_resume(synth_root, tmp_path):
         build(_opts(synth_root, "train2017", tmp_path, shard_size=7), log=lambda *a: None)
 
 
-def test_task_split_merges_to_the_single_task_result(synth_root, tmp_path):
+def test_task_split_merges_to_the_single_task_result(synth_root, tmp_path, monkeypatch):
+    """Task 0 plans; tasks 1 and 2 build from its plan without parsing the annotation file
+    (planning would fail for them here), and together they give the single task's shards."""
+    import shards.coco
+
     single, multi = tmp_path / "single", tmp_path / "multi"
     build(_opts(synth_root, "train2017", single, shard_size=10), log=lambda *a: None)
     for i in range(3):
+        if i == 1:
+            def no_parse(*args, **kwargs):
+                raise AssertionError("the annotation file was parsed again")
+            monkeypatch.setattr(shards.coco, "stream_coco", no_parse)
         s = build(_opts(synth_root, "train2017", multi, shard_size=10, task_index=i, num_tasks=3),
                   log=lambda *a: None)
         assert "manifest" not in s
@@ -98,6 +106,10 @@ def test_task_split_merges_to_the_single_task_result(synth_root, tmp_path):
     keys_single = sorted(s["__key__"] for s in _read_all(single, "train2017")[1])
     keys_multi = sorted(s["__key__"] for s in _read_all(multi, "train2017")[1])
     assert keys_single == keys_multi
+    # other inputs (a shard size) are planned anew, not taken from the stale plan
+    with pytest.raises(AssertionError, match="parsed again"):
+        build(_opts(synth_root, "train2017", multi, shard_size=7, task_index=1,
+                    num_tasks=3), log=lambda *a: None)
 
 
 def test_workers_give_the_same_shards(synth_root, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from launcher.status import status
+from mlflow_server import history, mlflow_server
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -154,18 +155,28 @@ def test_whole_pipeline_then_the_ae_phases_complete(slurm_cluster, synth_root, t
     assert f"with code from {record['code']}/shg" in _logs(folder, record["jobs"]["ae-train"][0])
 
 
+@pytest.fixture
+def mlflow_url(tmp_path):
+    """A real MLflow tracking server (tests/mlflow_server.py), as on a login node."""
+    with mlflow_server(tmp_path / "mlflow") as url:
+        yield url
+
+
 def test_preempted_training_requeues_and_resumes_from_its_checkpoint(
-        slurm_cluster, small_shards, tmp_path, monkeypatch, one_thread):
+        slurm_cluster, small_shards, tmp_path, monkeypatch, one_thread, mlflow_url):
     jobs, run = tmp_path / "jobs", tmp_path / "run"
     steps = 6
     monkeypatch.setenv("SHG_FAULT", "hold:3")
     # 2 nodes x 1 task x 4 CPUs fill the cluster, so a job in `high` must preempt this one.
+    # The training logs to the MLflow server the profile names.
     folder = _submit("train", "--profile", "slurm/profiles/local.toml", "--set",
                      f"folder={jobs}", "--set", "nodes=2", "--set", "tasks_per_node=1",
-                     "--set", "cpus_per_task=4", "--shards",
+                     "--set", "cpus_per_task=4", "--set", f"mlflow_tracking_uri={mlflow_url}",
+                     "--shards",
                      str(small_shards), "--config", "configs/tiny.toml", "--run", str(run),
                      f"train.max_steps={steps}", "eval.every_steps=1000",
-                     "checkpoint.every_steps=1000", "train.log_every=1", *TINY)
+                     "checkpoint.every_steps=1000", "train.log_every=1",
+                     'log.trackers=["mlflow"]', *TINY)
     metrics = run / "metrics.jsonl"
     high = _preempt_when_at_step(metrics, 3)
     rows = _wait(folder)
@@ -181,6 +192,11 @@ def test_preempted_training_requeues_and_resumes_from_its_checkpoint(
     assert [e["step"] for e in events if "stopped by" in str(e.get("event", ""))] == [3]
     assert_resumed_at(events, 3)
     assert _sacct_state(high) == "COMPLETED"
+    # one MLflow run across the requeue, every step once; `shg submit status` links to it
+    runs, by_run = history(mlflow_url)
+    assert len(runs) == 1 and [s for s, _ in by_run[runs[0].info.run_id]] == [1, 2, 3, 4, 5, 6]
+    link = f"{mlflow_url}/#/experiments/{runs[0].info.experiment_id}/runs/{runs[0].info.run_id}"
+    assert rows[0]["progress"].endswith(f"mlflow {link}")
 
 
 def assert_resumed_at(events: list[dict], step: int) -> None:

@@ -1,53 +1,103 @@
-"""Experiment trackers through Accelerate: MLflow on a local store continues ONE run across a
-SIGKILL and the resume, W&B offline keeps its run id, a failing tracker is a warning, and the
-metrics rows say where the time went."""
+"""Experiment trackers through Accelerate: MLflow, as users run it, continues ONE run across a
+SIGKILL and the resume, on a real tracking server (`mlflow server`, SQLite backend, loopback)
+and on MLflow's default store (sqlite:///mlflow.db in the working directory); W&B offline
+keeps its run id, a failing tracker is a warning, and `shg status` prints the MLflow link."""
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
-from helpers import COMMON, metrics, train_here, train_process
+from helpers import COMMON, CONFIG, metrics, overrides, train_here
+from mlflow_server import history, mlflow_server
+
+from shg.run_status import run_progress
 
 
-def _mlflow_history(store, name="loss"):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"file:{store}")
-    (experiment,) = [e for e in client.search_experiments() if e.name == "shg"]
-    runs = client.search_runs([experiment.experiment_id])
-    return runs, {r.info.run_id: [(m.step, m.value) for m in
-                                  client.get_metric_history(r.info.run_id, name)] for r in runs}
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
 
 
-@pytest.mark.slow
-def test_mlflow_continues_one_run_across_a_kill_and_the_resume(small_shards, tmp_path,
-                                                               monkeypatch):
-    # a local file store (MLflow 3 wants a database or a server; the file store still works
-    # when allowed, and is what a test can own)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    run, store = tmp_path / "run", tmp_path / "mlruns"
-    tracking = ['log.trackers=["mlflow"]', f"log.mlflow_tracking_uri=file:{store}", *COMMON,
-                "checkpoint.every_steps=4"]
-    # SIGKILLed right after step 6, before its row: steps 1-5 reached MLflow, the newest
-    # checkpoint is step 4's, so the rerun repeats step 5
-    killed = train_process(small_shards, run, *tracking, faults="step:6", check=False)
-    assert killed.returncode == -9
+def _train(cwd, shards, run, *extra, faults="", check=True):
+    """`python -m shg.train` started in `cwd` (where MLflow's default store goes)."""
+    proc = subprocess.run([sys.executable, "-m", "shg.train", "--config",
+                           os.path.abspath(CONFIG), *overrides(shards, run, *extra)],
+                          cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SHG_FAULT": faults})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+def _killed_at_6_then_rerun(shards, run, cwd, *extra, rerun_cwd=None, rerun=()):
+    """SIGKILLed right after step 6, before its row: steps 1-5 reached MLflow, the newest
+    checkpoint is step 4's, so the rerun repeats step 5. Returns (first trackers.json,
+    the rerun's output)."""
+    args = ['log.trackers=["mlflow"]', *COMMON, "checkpoint.every_steps=4", *extra]
+    killed = _train(cwd, shards, run, *args, faults="step:6", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
     first = json.loads((run / "trackers.json").read_text())
     assert first["last_step"] == 5
-    train_process(small_shards, run, *tracking)
+    again = _train(rerun_cwd or cwd, shards, run, *args, *rerun)
     assert [r for r in metrics(run) if r.get("event") == "resumed"][0]["step"] == 4
-    runs, history = _mlflow_history(store)
+    return first, again.stdout + again.stderr
+
+
+def _one_run_once_per_step(uri, run, first, last_step):
+    runs, by_run = history(uri)
     assert len(runs) == 1 and runs[0].info.run_id == first["ids"]["mlflow"]
-    (loss,) = history.values()
+    (loss,) = by_run.values()
     steps = [s for s, _ in loss]
     # every step once, in order: the rerun's step 5 (already sent before the kill) is not
     # sent again, and the history reaches the last step
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == list(range(1, last_step + 1))
     by_step = {r["step"]: r["loss"] for r in metrics(run) if "loss" in r}
     assert [v for _, v in loss] == pytest.approx([by_step[s] for s in steps])
-    params = runs[0].data.params
-    assert params["train.max_steps"] == "6" and params["model.stacks"] == "2"
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_mlflow_server_gets_one_run_across_a_kill_and_the_resume(small_shards, tmp_path,
+                                                                 monkeypatch, mlflow_url):
+    # named by the environment, as a Slurm job gets it from `shg submit`'s shell
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_url)
+    run = tmp_path / "run"
+    first, output = _killed_at_6_then_rerun(small_shards, run, tmp_path)
+    found = _one_run_once_per_step(mlflow_url, run, first, 6)
+    assert found.info.status == "FINISHED"
+    assert found.data.params["train.max_steps"] == "6" and \
+        found.data.params["model.stacks"] == "2"
+    assert not list(tmp_path.glob("mlflow.db"))  # nothing went to a local store
+    # the link `shg status` prints is the run's page, the one MLflow itself prints at the end
+    link = f"{mlflow_url}/#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
+    assert f"View run {run.name} at: {link}" in output
+    assert run_progress(run).line().endswith(f"finished, mlflow {link}")
+
+
+@pytest.mark.slow
+def test_mlflow_default_store_gets_one_run_across_a_kill_and_a_longer_rerun(
+        small_shards, tmp_path, monkeypatch):
+    # no MLflow setting at all: MLflow's default store, sqlite:///mlflow.db where training
+    # starts; the rerun, from another directory and 2 steps longer, continues the same run
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    here, elsewhere, run = tmp_path / "here", tmp_path / "elsewhere", tmp_path / "run"
+    here.mkdir(), elsewhere.mkdir()
+    first, output = _killed_at_6_then_rerun(small_shards, run, here, rerun_cwd=elsewhere,
+                                            rerun=["train.max_steps=8"])
+    store = f"sqlite:///{here / 'mlflow.db'}"
+    assert first["mlflow"]["uri"] == store and not (elsewhere / "mlflow.db").exists()
+    found = _one_run_once_per_step(store, run, first, 8)
+    # MLflow keeps a parameter's first value; the rerun says which ones changed
+    assert found.data.params["train.max_steps"] == "6"
+    assert "changed since this run started: train.max_steps 6 -> 8" in output
+    assert run_progress(run).line().endswith(f"mlflow run {found.info.run_id} in {store}")
 
 
 def test_wandb_offline_keeps_its_run_id_when_the_run_resumes(small_shards, tmp_path,
@@ -68,6 +118,8 @@ def test_wandb_offline_keeps_its_run_id_when_the_run_resumes(small_shards, tmp_p
 
 def test_a_tracker_that_fails_is_a_warning_and_training_goes_on(small_shards, tmp_path,
                                                                 monkeypatch, caplog):
+    # (monkeypatched: MLflow exports the URI it is given to this process's environment)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     run = tmp_path / "run"
@@ -79,6 +131,15 @@ def test_a_tracker_that_fails_is_a_warning_and_training_goes_on(small_shards, tm
     assert [r["step"] for r in metrics(run) if "loss" in r] == [1, 2, 3]
     assert list((run / "tb").glob("events.out.tfevents.*"))  # the other tracker still ran
     assert json.loads((run / "trackers.json").read_text())["trackers"] == ["tensorboard"]
+
+
+def test_the_mlflow_link_is_the_run_page_without_credentials():
+    from shg.training.trackers import mlflow_link
+
+    assert mlflow_link("https://me:secret@mlflow.site:5000/", "3", "ab12") == \
+        "https://mlflow.site:5000/#/experiments/3/runs/ab12"
+    assert mlflow_link("sqlite:////home/me/mlflow.db", "1", "ab12") == \
+        "run ab12 in sqlite:////home/me/mlflow.db"
 
 
 def test_an_unknown_tracker_names_the_valid_ones():

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from shg.tracking import IoUTracker, OneEuro, iou_matrix
+from shg.inference.tracking import IoUTracker, OneEuro, iou_matrix
 
 
 def test_iou_matrix_on_hand_computed_boxes():

@@ -71,6 +71,13 @@ def test_every_decodable_frame_predicted_as_its_image(exported_model, clip, tmp_
     assert f"in {FRAMES} frames of {broken}" in printed and "2 undecodable frames" in printed
     results = json.loads(out.with_suffix(".json").read_text())
     assert sorted(r["frame"] for r in results) == [i for i in range(FRAMES) if i not in BROKEN]
+    # the stream: a line per frame in order, the undecodable ones said; results.json is its
+    # persons
+    lines = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [line["frame"] for line in lines] == list(range(FRAMES))
+    assert [i for i, line in enumerate(lines) if line.get("undecodable")] == list(BROKEN)
+    assert lines[4]["time"] == pytest.approx(4 / FPS)
+    assert results == [person for line in lines for person in line["persons"]]
     assert all(r["image_id"] == r["frame"] and r["bbox"] == [60.0, 10.0, 150.0, 220.0]
                for r in results)
     assert {r["track_id"] for r in results} == {1}  # one box, one person throughout

@@ -1,7 +1,11 @@
 """`shg analyze latent`: PCA of the bottleneck latents, walked in std-scaled steps.
 
 1. Every sample's bottleneck tensor (the innermost 4x4xF map of the chosen stack's hourglass)
-   is flattened and streamed to OUT/latents.npy (a memmap: memory stays bounded).
+   is flattened and streamed to OUT/latents.npy (a memmap: memory stays bounded), its predicted
+   keypoints (crop pixels) to OUT/predictions.npy, rows by manifest index. The forward passes run
+   on the chosen device under autocast (`ModelOnSplit.precision`); the rows are fp32. Under
+   torch.distributed (`shg analyze latent --nproc N`) each rank writes the rows of its share of
+   the split into the same files and rank 0 does the rest.
 2. PCA (scikit-learn; randomised SVD, or IncrementalPCA over chunks for large splits):
    explained variance ratios.
 3. The mean latent and the real sample nearest to it.
@@ -12,65 +16,81 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from shards.reader import dist_rank_world
 from shards.sample import model_input
 
-from ..errors import UserError
-from ..evaluation.core import ModelOnSplit
+from ..evaluation.core import gather_list
 from ..evaluation.report import crops_by_key, pyplot
 from shards.schema import stored
 
-from .common import batches, crop_with_skeleton, draw_tiles, nearest
+from .common import ModelAnalysis, barrier, batches, crop_with_skeleton, describe, \
+    draw_tiles, nearest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
-class LatentOptions(ModelOnSplit):
+class LatentOptions(ModelAnalysis):
     stack: int = -1
     """Which stack's bottleneck (-1 = the last)."""
     components: int = 5
     steps: list[float] = field(default_factory=lambda: [-3, -2, -1, 0, 1, 2, 3])
-    batch_size: int = 32
-    limit: int = 0
     incremental_above: int = 20000
     """Use IncrementalPCA (chunked) above this many samples."""
 
 
 @torch.no_grad()
-def extract(opts: LatentOptions, model, meta) -> tuple[np.memmap, list[str], np.ndarray]:
+def extract(opts: LatentOptions, model, meta, place) -> list[str] | None:
+    """Write this rank's rows of OUT/latents.npy (N, D) and OUT/predictions.npy (N, K, 2), rank 0
+    creating both; returns the samples' keys by manifest index on rank 0 (None elsewhere)."""
     from shards.codec import HeatmapCodec
+    from shards.manifest import split_entry
 
+    rank, world = dist_rank_world()
     out = Path(opts.out)
+    entry = split_entry(opts.shards, opts.split)
+    n = min(entry["num_samples"], opts.limit or entry["num_samples"])
     stack = opts.stack % model.stacks
-    keys, preds, store = [], [], None
-    device = next(model.parameters()).device
-    n_total = None
-    row = 0
+    size = int(entry.get("crop", {}).get("size") or meta.get("crop_size", 256))
+    with model.capture_bottleneck(stack) as captured, place.autocast():  # the rows' sizes
+        heat = model(torch.zeros(1, 3, size, size, device=place.device))[:, -1]
+    dim, joints = captured[0][0].numel(), heat.shape[1]
+    files = ((out / "latents.npy", (n, dim)), (out / "predictions.npy", (n, joints, 2)))
+    if rank == 0:
+        for path, shape in files:
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()
+    barrier()  # the files exist, at their size
+    store, preds = (np.lib.format.open_memmap(path, mode="r+") for path, _ in files)
+    workers = opts.workers()
+    log.info("latents of %d samples of %s on %s", n, opts.split, describe(place, world, workers))
+    sigma = float(meta.get("sigma", 1.0))
+    mine: list[tuple[int, str]] = []
     for batch in batches(opts.shards, opts.split, opts.batch_size, meta, opts.limit or None,
-                         desc="latents"):
-        with model.capture_bottleneck(stack) as captured:
-            heat = model(model_input(batch, device))[:, -1]
-        lat = captured[0].flatten(1).float().numpy()
-        if store is None:
-            from shards.manifest import split_entry
-
-            n_total = split_entry(opts.shards, opts.split)["num_samples"]
-            n_total = min(n_total, opts.limit) if opts.limit else n_total
-            store = np.lib.format.open_memmap(out / "latents.npy", mode="w+",
-                                              dtype=np.float32, shape=(n_total, lat.shape[1]))
-        store[row:row + len(lat)] = lat
-        row += len(lat)
-        keys += batch["key"]
-        codec = HeatmapCodec(batch["image"].shape[-1], sigma=float(meta.get("sigma", 1.0)))
-        preds.append(codec.decode(heat)[0].numpy())
-    if store is None:
-        raise UserError(f"{opts.shards}: split '{opts.split}' has no samples")
+                         desc="latents", rank=rank, world=world, num_workers=workers):
+        index = batch["index"].numpy()
+        with model.capture_bottleneck(stack) as captured, place.autocast():
+            heat = model(model_input(batch, place.device))[:, -1]
+        store[index] = captured[0].flatten(1).float().cpu().numpy()
+        codec = HeatmapCodec(batch["image"].shape[-1], sigma=sigma)
+        preds[index] = codec.decode(heat.float().cpu())[0].numpy()
+        mine += zip(index.tolist(), batch["key"])
     store.flush()
-    return store, keys, np.concatenate(preds)
+    preds.flush()
+    del store, preds
+    seen = sorted(gather_list(mine))  # (also: every rank's rows are written)
+    if rank != 0:
+        return None
+    if [i for i, _ in seen] != list(range(n)):
+        raise RuntimeError(f"latents: {len(seen)} rows written for {n} samples: ranks disagree "
+                           "on the split")
+    return [key for _, key in seen]
 
 
 def run_latent(opts: LatentOptions) -> dict:
@@ -78,8 +98,12 @@ def run_latent(opts: LatentOptions) -> dict:
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, meta, source = opts.load_model()
-    latents, keys, preds = extract(opts, model, meta)
+    model, meta, source, place = opts.model_on_device()
+    keys = extract(opts, model, meta, place)
+    if keys is None:  # not rank 0
+        return {}
+    latents = np.load(out / "latents.npy", mmap_mode="r")  # every rank's rows
+    preds = np.load(out / "predictions.npy", mmap_mode="r")
     n, dim = latents.shape
     m = max(1, min(opts.components, n - 1, dim))
     if n > opts.incremental_above:
@@ -126,7 +150,8 @@ def run_latent(opts: LatentOptions) -> dict:
                row_labels=[f"PC{c + 1}\n{ratios[c]:.1%}" for c in range(m)])
     result = {
         "model": str(source), "split": opts.split, "samples": n, "latent_dim": dim,
-        "stack": opts.stack % model.stacks,
+        "stack": opts.stack % model.stacks, "device": str(place.device),
+        "precision": place.precision, "ranks": dist_rank_world()[1],
         "explained_variance_ratio": ratios.tolist(),
         "steps_in_sd": list(opts.steps),
         "mean_nearest": {"key": keys[mean_idx], "index": mean_idx},

@@ -47,15 +47,13 @@ class SkeletonOptions:
 
 
 def read_skeletons(shards: str, split: str) -> tuple[list[str], np.ndarray]:
-    from shards.manifest import split_entry
-    from shards.reader import read_shard
+    """Every sample's key and crop keypoints, from the samples' JSON alone (no image is read)."""
+    from shards.reader import split_members
 
     keys, kps = [], []
-    for shard in split_entry(shards, split)["shards"]:
-        for raw in read_shard(Path(shards) / shard["file"], shard["num_samples"]):
-            meta = json.loads(raw["json"])
-            keys.append(raw["__key__"])
-            kps.append(np.asarray(meta["keypoints"], dtype=np.float64))
+    for raw in split_members(shards, split, "json"):
+        keys.append(raw["__key__"])
+        kps.append(np.asarray(json.loads(raw["json"])["keypoints"], dtype=np.float64))
     return keys, np.stack(kps)
 
 

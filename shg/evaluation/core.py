@@ -37,6 +37,12 @@ class ModelOnSplit:
     best: str = "best"
     """Which kept model of --run without --step: "best" (by the selection metric, PCK) or
     "best_by_loss" (by validation loss)."""
+    device: str = "auto"
+    """Where the model runs: auto (this rank's CUDA GPU when CUDA is available, else the CPU),
+    cpu, cuda or cuda:N (see `placement`)."""
+    precision: str = "auto"
+    """Autocast of the forward passes: auto (bf16 on a GPU that computes it natively, else fp16;
+    none on the CPU), fp32, bf16 or fp16 (CUDA only). Decoding, PCK and PCA are fp32 anyway."""
 
     def load_model(self, poses: bool = True):
         """(model, metadata, weights file) of --run/--step or --model."""
@@ -52,13 +58,14 @@ class ModelOnSplit:
 
 def split_batches(shards: str, split: str, batch_size: int, *, rank: int | None = None,
                   world: int | None = None, mean=None, mean_from: str = "train2017",
-                  limit: int | None = None, num_workers: int = 1, sample_cfg=None
-                  ) -> Iterable[dict]:
-    """This rank's share of a split, every sample once, un-augmented, in manifest order."""
+                  limit: int | None = None, num_workers: int = 1, sample_cfg=None,
+                  targets: bool = False) -> Iterable[dict]:
+    """This rank's share of a split, every sample once, un-augmented, in manifest order (with
+    the training targets when `targets`: a validation loss, the oracle)."""
     if rank is None or world is None:
         rank, world = dist_rank_world()
     stream = EvalStream(shards, split, batch_size, rank=rank, world=world, cfg=sample_cfg,
-                        mean_from=mean_from, limit=limit or None, mean=mean)
+                        mean_from=mean_from, limit=limit or None, mean=mean, targets=targets)
     return eval_loader(stream, num_workers=num_workers)
 
 
@@ -73,6 +80,72 @@ def progress_bar(shards: str | None, split: str, limit: int | None, world: int, 
     # In a log file (Slurm) a bar that redraws often is megabytes of noise: redraw rarely.
     return tqdm(total=total, disable=not enabled, unit="crop", desc=desc,
                 mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs and the precision of its forward passes (`placement`)."""
+    device: torch.device
+    precision: str
+    """fp32 (no autocast), bf16 or fp16."""
+
+    def autocast(self):
+        """The context of a forward pass: autocast in bf16/fp16, nothing in fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def describe(self) -> str:
+        return f"{self.device}, " + ("fp32" if self.precision == "fp32"
+                                     else f"{self.precision} autocast")
+
+
+def placement(device: str = "auto", precision: str = "auto") -> Placement:
+    """The device and precision of inference. `device`: auto (CUDA when available, else the
+    CPU), cpu, cuda or cuda:N; "cuda" is this rank's GPU (LOCAL_RANK; ranks beyond the GPUs of
+    the node share them). `precision`: auto (bf16 autocast on a GPU that computes bf16 natively,
+    fp16 on older GPUs, fp32 on the CPU), fp32, bf16 or fp16 (CUDA only)."""
+    import os
+
+    from ..errors import UserError
+
+    cuda = torch.cuda.is_available()
+    try:
+        where = torch.device("cuda" if cuda else "cpu") if device == "auto" else torch.device(
+            device)
+    except RuntimeError:
+        where = None
+    if where is None or where.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: not a device here; use auto, cpu, cuda or cuda:N")
+    if where.type == "cuda":
+        if not cuda:
+            raise UserError(f"--device {device}: this process sees no CUDA GPU; use --device cpu "
+                            "(or auto)")
+        count = torch.cuda.device_count()
+        index = where.index if where.index is not None else \
+            int(os.environ.get("LOCAL_RANK", 0)) % count
+        if index >= count:
+            raise UserError(f"--device {device}: this process sees {count} CUDA GPU(s), "
+                            f"cuda:0 to cuda:{count - 1}")
+        where = torch.device("cuda", index)
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}; valid: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "fp32" if where.type == "cpu" else "bf16" if _native_bf16(where) else "fp16"
+    if precision == "fp16" and where.type != "cuda":
+        raise UserError("--precision fp16 is for CUDA GPUs; on the CPU use fp32 or bf16")
+    return Placement(where, precision)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Does this GPU compute bf16 natively (Ampere, sm_80, and later; ROCm: torch's answer)?"""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 @torch.no_grad()

@@ -4,9 +4,15 @@ instance rescoring, then OKS-NMS over each image's predicted poses.
 Instance score = box score x the mean of the keypoint confidences above `keypoint_threshold`
 (0 when none is). OKS-NMS keeps, image by image, the highest-scored pose and drops every other
 pose whose object keypoint similarity with it exceeds `oks_nms`, using the keypoint schema's
-per-joint sigmas (COCO's for COCO person) and each pose's crop square as its area. Both apply whichever boxes the poses came from
-(ground truth: box score 1), so a detections file that holds just the ground-truth boxes gives
-the ground-truth-box numbers exactly (tested).
+per-joint sigmas (COCO's for COCO person) and each pose's crop square as its area, whatever the
+data's OKS scale for COCO AP (mmpose's CocoMetric does the same for COCO, CrowdPose and AI
+Challenger: its NMS areas are the crop boxes', `use_area` only changes COCOeval; the rescoring
+has no OKS term). Both apply whichever boxes the poses came from (ground truth: box score 1),
+so a detections file that holds just the ground-truth boxes gives the ground-truth-box numbers
+exactly (tested).
+
+The OKS scale of COCO AP (`oks_scale`, `shg eval --protocol`) follows the data's published
+protocol: coco.py applies it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from shards.schema import OKS_PROTOCOLS
 
 
 @dataclass
@@ -37,8 +45,16 @@ class Protocol:
     """Crop square = longer box side x this (the thesis: 1.1; mmpose pads 1.25). None: the
     crops the model was trained on (its metadata; 1.1 when unknown). With ground-truth boxes
     it is fixed by the shards."""
+    oks_scale: str | None = None
+    """COCO AP's OKS scale (`--protocol`, OKS_PROTOCOLS): "area" (each annotation's: COCO's
+    protocol), "bbox" (0.53 x box width x height: CrowdPose's, AI Challenger's) or "auto"
+    (area where the annotation has one, else bbox). None: the keypoint schema's setting
+    (a schema file's `protocol`), else auto."""
 
     def __post_init__(self) -> None:
+        if self.oks_scale is not None and self.oks_scale not in OKS_PROTOCOLS:
+            raise ValueError(f"protocol {self.oks_scale!r} is not one of "
+                             f"{', '.join(OKS_PROTOCOLS)}")
         if self.oks_nms is not None and not 0 < self.oks_nms <= 1:
             raise ValueError(f"oks_nms must be in (0, 1] or none, not {self.oks_nms}")
         if not 0 <= self.keypoint_threshold < 1:
@@ -120,6 +136,17 @@ def apply(rows: list[dict], protocol: Protocol, schema, with_box: bool = False
                 results[-1]["bbox"] = [round(float(v), 2) for v in r["bbox"]]
     return results, {"poses": len(rows), "suppressed_by_oks_nms": len(rows) - len(kept),
                      "results": len(results), **notes}
+
+
+def oks_scale_choice(protocol: Protocol | None, schema=None) -> tuple[str, str]:
+    """(the OKS scale of COCO AP, who chose it): --protocol, else the keypoint schema's
+    `protocol` (a schema file), else auto."""
+    if protocol is not None and protocol.oks_scale is not None:
+        return protocol.oks_scale, "--protocol"
+    chosen = getattr(schema, "protocol", "auto")
+    if chosen != "auto":
+        return chosen, f"the keypoint schema ({schema.source})"
+    return "auto", "default"
 
 
 THESIS_ENLARGE = 1.10

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .coco import ap_text, scale_text
 
 
 def pyplot():
@@ -33,19 +34,12 @@ def draw_skeleton(draw, kps: np.ndarray, visible: np.ndarray, colour, skeleton,
 
 
 def crops_by_key(shards: str, split: str, keys: set[str]) -> dict:
-    """The stored crops (HxWx3 uint8) of the given sample keys."""
-    from shards.manifest import split_entry
-    from shards.reader import read_shard
+    """The stored crops (HxWx3 uint8) of the given sample keys (only their bytes are read)."""
+    from shards.reader import samples_by_key
     from shards.sample import decode_png
 
-    found = {}
-    for shard in split_entry(shards, split)["shards"]:
-        for raw in read_shard(Path(shards) / shard["file"], None):
-            if raw["__key__"] in keys:
-                found[raw["__key__"]] = decode_png(raw["png"])
-        if len(found) == len(keys):
-            break
-    return found
+    return {key: decode_png(raw["png"])
+            for key, raw in samples_by_key(shards, split, keys, ("png",)).items()}
 
 
 def worst_grid(rows: list, shards: str, split: str, path: Path, skeleton,
@@ -152,9 +146,8 @@ def coco_lines(summary: dict) -> list[str]:
         lines += [f"COCO keypoint AP: unavailable ({summary['coco']['unavailable']}).", ""]
     elif "coco" in summary:
         c = summary["coco"]
-        lines += [f"COCO keypoint AP over {c['images']} images: "
-                  + ", ".join(f"{k} {c[k]:.3f}" for k in ("AP", "AP50", "AP75", "APm", "APl",
-                                                          "AR")), ""]
+        lines += [f"COCO keypoint AP over {c['images']} images: {ap_text(c)}.", "",
+                  scale_text(c), ""]
     return lines
 
 

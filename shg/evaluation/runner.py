@@ -15,12 +15,10 @@ every rank reads its part and rank 0 writes the gathered results.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from shards import atomic
 from shards.manifest import DataError, split_entry
@@ -29,9 +27,9 @@ from shards.reader import dist_rank_world, eval_loader
 
 from ..errors import UserError
 from . import protocol as post
-from .coco import coco_eval
+from .coco import ap_text, coco_eval
 from .core import ModelOnSplit, gather_list, gather_rows, normalisations, noting_problems, \
-    predict_rows, progress_bar, split_batches, visible
+    placement, predict_rows, progress_bar, split_batches, visible
 from .pck import epe, pck, pck_curve
 from .report import boxes_line
 
@@ -70,17 +68,12 @@ class EvalOptions(ModelOnSplit):
                             "--coco ROOT (a detector's boxes)")
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def run_eval(opts: EvalOptions) -> dict:
     """Evaluate; returns the summary on rank 0 ({} on the other ranks)."""
     rank, world = dist_rank_world()
     model = meta = source = None
-    device = _device()
+    place = placement(opts.device, "fp32" if opts.oracle else opts.precision)
+    device = place.device
     if not opts.oracle:
         model, meta, source = opts.load_model()
         model.to(device)
@@ -92,14 +85,15 @@ def run_eval(opts: EvalOptions) -> dict:
         total, boxes_info = None, _shard_boxes(opts)
         batches = split_batches(opts.shards, opts.split, opts.batch_size, rank=rank,
                                 world=world, mean=mean, limit=opts.max_samples,
-                                num_workers=opts.num_workers)
+                                num_workers=opts.num_workers, targets=opts.oracle)
     bar = progress_bar(opts.shards, opts.split, opts.max_samples, world, rank == 0, "eval",
                        total=total)
     problems: list = []
     rows = list(predict_rows(model, noting_problems(batches, problems), schema=schema,
                              sigma=float((meta or {}).get("sigma", 1.0)),
                              flip=opts.protocol.flip, flip_shift=opts.protocol.flip_shift,
-                             refine=opts.refine, device=device, bar=bar))
+                             refine=opts.refine, device=device, autocast=place.autocast,
+                             bar=bar))
     bar.close()
     rows, problems = gather_rows(rows), gather_list(problems)
     if rank != 0:
@@ -117,6 +111,7 @@ def run_eval(opts: EvalOptions) -> dict:
     summary = {} if opts.boxes else write_pck(rows, out, schema)
     summary.update({"samples": len(rows), "split": opts.split, "flip_test": opts.protocol.flip,
                     "decode": opts.refine, "oracle": opts.oracle,
+                    "precision": None if opts.oracle else place.precision,
                     "model": None if opts.oracle else str(source),
                     "keypoints": schema.describe(), **about})
     if opts.coco_ann and schema.sigmas is None:
@@ -124,7 +119,7 @@ def run_eval(opts: EvalOptions) -> dict:
                                           "OKS sigmas: give them in a schema file (sigmas)"}
     elif opts.coco_ann:
         summary["coco"] = coco_eval(opts.coco_ann, results, out, about, image_ids,
-                                    schema.sigmas)
+                                    schema.sigmas, post.oks_scale_choice(opts.protocol, schema))
     from .report import write_boxes_report, write_report
 
     if opts.boxes:
@@ -277,5 +272,4 @@ def print_summary(summary: dict) -> None:
     elif "coco" in summary:
         c = summary["coco"]
         print(f"COCO keypoints ({'detected' if boxes.get('boxes_in_file') is not None else 'GT'}"
-              " boxes): " + "  ".join(f"{k} {c[k]:.3f}"
-                                     for k in ("AP", "AP50", "AP75", "APm", "APl", "AR")))
+              f" boxes): {ap_text(c)}; OKS scale: {c.get('oks_scale', '?')}")

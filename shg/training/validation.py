@@ -16,13 +16,14 @@ from ..models import add_proportional_noise
 from .distributed import unwrap
 
 
-def _batches(cfg, accelerator):
-    """This rank's share of the validation split, each sample once, un-augmented."""
+def _batches(cfg, accelerator, targets: bool = False):
+    """This rank's share of the validation split, each sample once, un-augmented (with the
+    training targets for a validation loss when `targets`)."""
     return split_batches(cfg.data.shards, cfg.data.val_split, cfg.eval.batch_size,
                          rank=accelerator.process_index, world=accelerator.num_processes,
                          mean_from=cfg.data.train_split, limit=cfg.eval.max_samples,
                          num_workers=min(cfg.data.num_workers, 2),
-                         sample_cfg=cfg.data.sample_config())
+                         sample_cfg=cfg.data.sample_config(), targets=targets)
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def validate_pose(cfg, model, accelerator) -> dict:
     net = unwrap(model, accelerator)
     was_training = net.training
     net.eval()
-    rows = list(predict_rows(net, _batches(cfg, accelerator), flip=False, sigma=cfg.data.sigma,
+    rows = list(predict_rows(net, _batches(cfg, accelerator, targets=True), flip=False, sigma=cfg.data.sigma,
                              device=accelerator.device, autocast=accelerator.autocast,
                              channels_last=cfg.model.channels_last, with_loss=True))
     net.train(was_training)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +165,14 @@ def detection_results(image_ids: list[int], found: list[list[tuple[tuple, float]
     return [{"image_id": int(i), "category_id": 1, "bbox": [round(v, 2) for v in box],
              "score": round(score, 5)} for i, dets in zip(image_ids, found)
             for box, score in dets]
+
+
+def check_detector_category(categories) -> None:
+    """The detector finds persons: a model whose keypoints are for another category refuses
+    it."""
+    from shards.detections import PERSON
+
+    if PERSON not in categories:
+        raise UserError(f"the detector finds persons (COCO category 1); this model's keypoints "
+                        f"are for category {', '.join(map(str, categories))}: pass --boxes, "
+                        f"--bbox or --whole-image")

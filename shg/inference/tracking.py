@@ -5,7 +5,8 @@
 (Hungarian assignment, scipy), a pair below `min_iou` never matched; an unmatched pose starts a
 new track. `OneEuro` is the One-Euro filter (Casiez, Roussel & Vogel, CHI 2012): a low-pass
 filter whose cutoff rises with the speed, so a still joint stops jittering and a moving one
-does not lag; one per track, over all its joints' x and y at once.
+does not lag; one per track, over all its joints' x and y at once. `PoseTracks` applies both
+to a video's poses, frame by frame.
 """
 
 from __future__ import annotations
@@ -98,3 +99,34 @@ class OneEuro:
         self.x = a * x + (1 - a) * self.x
         self.t = t
         return self.x.copy()
+
+
+class PoseTracks:
+    """A video's poses given track ids, frame by frame, and with `smooth` = (min_cutoff, beta)
+    their keypoints One-Euro filtered per track (the filter lives with its track, so it goes
+    when the tracker drops the track: memory stays bounded on endless streams)."""
+
+    def __init__(self, fps: float, smooth: tuple[float, float] | None = None,
+                 tracker: IoUTracker | None = None):
+        self.fps, self.smooth = fps, smooth
+        self.tracker = tracker or IoUTracker()
+
+    @property
+    def started(self) -> int:
+        """Tracks started so far."""
+        return self.tracker.next_id - 1
+
+    def update(self, frame: int, persons: list[dict]) -> None:
+        """Set each person's "track_id" (COCO results of `frame`, with "bbox") and, smoothing,
+        replace its keypoints' x and y by the filtered ones (scores are kept)."""
+        ids = self.tracker.update(frame, [p["bbox"] for p in persons])
+        for person, track_id in zip(persons, ids):
+            person["track_id"] = track_id
+            if self.smooth is None:
+                continue
+            track = self.tracker.track(track_id)
+            if track.smoother is None:
+                track.smoother = OneEuro(*self.smooth)
+            kps = np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3)
+            kps[:, :2] = track.smoother(kps[:, :2], frame / self.fps)
+            person["keypoints"] = [round(float(v), 3) for v in kps.ravel()]

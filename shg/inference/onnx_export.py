@@ -22,7 +22,7 @@ import torch
 from shards import atomic
 from shards.schema import stored
 
-from .errors import UserError
+from ..errors import UserError
 
 OPSET = 18
 """The dynamo exporter's lowest well-supported opset (it converts lower requests up anyway)."""
@@ -112,7 +112,7 @@ def export_onnx(source: str | Path, out: str | Path, step: int | None = None,
         raise UserError("ONNX export needs the onnx extra: pip install 'shg[onnx]'") from None
     if input_kind not in INPUTS:
         raise UserError(f"--input must be one of {', '.join(INPUTS)}, not {input_kind!r}")
-    from .weights import load_model
+    from ..weights import load_model
 
     model, meta, _ = load_model(source, step, best=best)
     desc = description(meta, input_kind, decode)
