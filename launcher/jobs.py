@@ -150,7 +150,7 @@ def analyze(kind: str, options: dict) -> dict:
 
 
 def ae_compare(run: str, baseline: str, finetuned: str, out: str) -> dict:
-    from shg.ae_study import write_comparison
+    from shg.studies.ae_compare import write_comparison
 
     _announce("comparing the AE fine-tuning with the baseline")
     return write_comparison(run, baseline, finetuned, out)
@@ -171,7 +171,7 @@ def evaluate_variant(run: str, shards: str, best_by_loss: bool, boxes: dict | No
     with COCO AP when the annotation file the shards were built from is still there; on a
     detector's boxes with `boxes` (SubmitRequest.eval_boxes)."""
     from shg.evaluation.runner import EvalOptions, print_summary, run_eval
-    from shg.study import EVAL_DIRS, training_finished
+    from shg.studies.records import EVAL_DIRS, training_finished
 
     _announce(f"evaluating {run}")
     if not training_finished(run):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shg.config import ConfigError, load_config
+from shg.config import PRECISIONS, ConfigError, load
 
 
 @dataclass
@@ -56,9 +56,9 @@ class Profile:
                self.array_parallelism) < 0:
             raise ConfigError("profile: gpus_per_node, max_requeues, signal_delay_s, "
                               "array_parallelism must be >= 0")
-        if self.mixed_precision not in ("", "auto", "no", "bf16", "fp16"):
-            raise ConfigError(f"profile: mixed_precision {self.mixed_precision!r}; valid: auto, "
-                              "no, bf16, fp16 (or empty: the training config's)")
+        if self.mixed_precision not in ("", *PRECISIONS):
+            raise ConfigError(f"profile: mixed_precision {self.mixed_precision!r}; valid: "
+                              f"{', '.join(PRECISIONS)} (or empty: the training config's)")
         if self.deepspeed_config and not Path(self.deepspeed_config).is_file():
             raise ConfigError(f"profile: deepspeed_config {self.deepspeed_config}: no such file")
 
@@ -104,4 +104,4 @@ class Profile:
 
 
 def load_profile(path: str | Path, overrides: list[str] = ()) -> Profile:
-    return load_config(path, list(overrides), cls=Profile)
+    return load(path, Profile, overrides)

@@ -182,7 +182,7 @@ def ae_stages(run: str, overrides: list[str], profile: Profile,
     SHG's latents), phase 2 (fine-tune both) and the baseline that continues the plain SHG for
     the same steps, then the comparison table. Each phase reads RUN/config.toml when it starts,
     so this can be queued behind the SHG's own training job."""
-    from shg.ae_study import phase_overrides
+    from shg.studies.ae_compare import phase_overrides
 
     stages = []
     outs = {}

@@ -86,13 +86,28 @@ _BAD = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "BOOT_FA
 def status(folder: str, log=print) -> list[dict]:
     """One line per job of a submitted pipeline: state, elapsed time, requeues and, when a job
     failed or never ran, why."""
-    import submitit
+    record = _pipeline_record(folder)
+    rows = job_rows(record)
+    name_blockers(rows, record.get("after", {}))
+    for line in status_table(rows):
+        log(line)
+    return rows
 
+
+def _pipeline_record(folder: str) -> dict:
     path = Path(folder) / "pipeline.json"
     if not path.is_file():
         raise UserError(f"{path}: not found; give the folder `shg submit` printed "
-                                "(the profile's folder / the run's name)")
-    record = json.loads(path.read_text())
+                        "(the profile's folder / the run's name)")
+    return json.loads(path.read_text())
+
+
+def job_rows(record: dict) -> list[dict]:
+    """A row per job of the pipeline record (stage, job_id, state, variant, elapsed, requeues,
+    why; progress for a training job that has started) from one sacct and one squeue call (on
+    Slurm) or submitit's view of local jobs, and the runs' own directories."""
+    import submitit
+
     all_ids = [i for ids in record["jobs"].values() for i in ids]
     slurm = record["executor"] == "slurm"
     acct = _sacct(all_ids) if slurm else {}
@@ -110,19 +125,8 @@ def status(folder: str, log=print) -> list[dict]:
             names = labels.get(stage) or []
             row = {"stage": stage, "job_id": job_id, "state": state,
                    "variant": names[index] if index < len(names) else "",
-                   "elapsed": a.get("elapsed", ""), "requeues": a.get("requeues", 0), "why": ""}
-            reason = q.get("reason", "")
-            if reason.startswith("Dependency") and state != "PENDING" or (
-                    state == "CANCELLED" and a and not a["started"]
-                    and record.get("after", {}).get(stage)):
-                row["why"] = "never ran: a job it depends on failed"
-            elif state in _BAD or state.startswith("CANCELLED"):
-                why = _last_error(Path(job.paths.stderr))
-                if a.get("exit") not in (None, "", "0:0"):
-                    why = f"exit {a['exit']}" + (f": {why}" if why else "")
-                row["why"] = why or (reason if reason != "None" else "")
-            elif state == "PENDING" and reason not in ("None", ""):
-                row["why"] = reason
+                   "elapsed": a.get("elapsed", ""), "requeues": a.get("requeues", 0),
+                   "why": _why(state, a, q, bool(record.get("after", {}).get(stage)), job)}
             runs = record.get("runs", {}).get(stage) or []
             if index < len(runs) and runs[index] and state not in ("PENDING",):
                 from shg.run_status import run_progress
@@ -132,7 +136,34 @@ def status(folder: str, log=print) -> list[dict]:
                     row["progress"] = progress.line()
                     row["why"] = "; ".join(x for x in (row["why"], row["progress"]) if x)
             rows.append(row)
-    after = record.get("after", {})
+    return rows
+
+
+NEVER_RAN = "never ran: a job it depends on failed"
+
+
+def _why(state: str, acct: dict, queue: dict, has_dependencies: bool, job) -> str:
+    """Why a job failed, waits or never ran: a dependency that failed, its exit code and the
+    error in its log, or Slurm's reason for keeping it pending ("" when there is nothing to
+    say)."""
+    reason = queue.get("reason", "")
+    if reason.startswith("Dependency") and state != "PENDING" or (
+            state == "CANCELLED" and acct and not acct["started"] and has_dependencies):
+        return NEVER_RAN
+    if state in _BAD or state.startswith("CANCELLED"):
+        why = _last_error(Path(job.paths.stderr))
+        if acct.get("exit") not in (None, "", "0:0"):
+            why = f"exit {acct['exit']}" + (f": {why}" if why else "")
+        return why or (reason if reason != "None" else "")
+    if state == "PENDING" and reason not in ("None", ""):
+        return reason
+    return ""
+
+
+def name_blockers(rows: list[dict], after: dict[str, list[str]]) -> None:
+    """Name, in the why of each job that never ran, the failed jobs up its chain of
+    dependencies (`after`: stage -> the stages it waits for); a study's task waits for its own
+    variant's jobs only (aftercorr)."""
 
     def upstream(stage: str, seen: set) -> set:
         for dep in after.get(stage, []):
@@ -141,10 +172,9 @@ def status(folder: str, log=print) -> list[dict]:
                 upstream(dep, seen)
         return seen
 
-    for row in rows:  # name the failed jobs up the chain a job that never ran waited for
+    for row in rows:
         if row["why"].startswith("never ran"):
             deps = upstream(row["stage"], set())
-            # a study's task waits for its own variant's jobs only (aftercorr)
             culprits = [f"{r['stage']} {r['job_id']}" for r in rows
                         if r["stage"] in deps and r["state"] in _BAD
                         and not r["why"].startswith("never ran")
@@ -153,16 +183,21 @@ def status(folder: str, log=print) -> list[dict]:
             if culprits:
                 row["why"] += (f" ({', '.join(culprits[:3])}"
                                f"{', ...' if len(culprits) > 3 else ''})")
+
+
+def status_table(rows: list[dict]) -> list[str]:
+    """The rows as a table: a header and a line per job (the variant column only when a job has
+    one)."""
     width = max([len("variant")] + [len(r["variant"]) for r in rows]) \
         if any(r["variant"] for r in rows) else 0
     variant = (lambda r: f"{r['variant']:<{width + 2}}") if width else (lambda r: "")
     job = max([10] + [len(r["job_id"]) for r in rows]) + 2  # debug ids are long
-    log(f"{'stage':<12}{'job':<{job}}" + (f"{'variant':<{width + 2}}" if width else "")
-        + f"{'state':<11}{'elapsed':<10}{'requeues':<9}why / progress")
+    lines = [f"{'stage':<12}{'job':<{job}}" + (f"{'variant':<{width + 2}}" if width else "")
+             + f"{'state':<11}{'elapsed':<10}{'requeues':<9}why / progress"]
     for r in rows:
-        log(f"{r['stage']:<12}{r['job_id']:<{job}}{variant(r)}{r['state']:<11}"
-            f"{r['elapsed']:<10}{r['requeues']:<9}{r['why']}")
-    return rows
+        lines.append(f"{r['stage']:<12}{r['job_id']:<{job}}{variant(r)}{r['state']:<11}"
+                     f"{r['elapsed']:<10}{r['requeues']:<9}{r['why']}")
+    return lines
 
 
 def _local_state(job) -> str:

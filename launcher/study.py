@@ -1,4 +1,4 @@
-"""`shg submit study` and `shg study report`: a study's variants (shg/study.py) as jobs.
+"""`shg submit study` and `shg study report`: a study's variants (shg/studies/) as jobs.
 
     shg submit study --profile P --config C --study STUDY.toml --shards DIR [--coco ROOT]
         [--run STUDY_DIR] [--executor slurm|local|debug] [--dry-run] [--set key=value] [k=v ...]
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shg.study import Study, check_variants, load_study, variant_finished, variant_overrides, \
-    write_record
+from shg.studies.records import variant_finished, write_record
+from shg.studies.spec import Study, check_variants, load_study, variant_overrides
 
 from . import jobs
 from .profile import Profile
@@ -57,7 +57,7 @@ def submit_study(request, profile: Profile, executor: str = "slurm", dry_run: bo
                  snapshot: bool = True, log=print) -> dict:
     """Check every variant's config, leave out the finished ones, queue the rest, write
     STUDY_DIR/study.json (what the report reads)."""
-    from .submit import submit
+    from .submit import after_submit, submit
 
     request = request.checked()
     study = load_study(request.study)
@@ -87,10 +87,5 @@ def submit_study(request, profile: Profile, executor: str = "slurm", dry_run: bo
     result = submit(stages, profile, executor, study_dir.name, dry_run=dry_run, log=log,
                     snapshot=snapshot)
     if not dry_run:
-        if executor == "slurm":
-            from .status import status
-
-            log("")
-            status(str(folder), log=log)
-        log(f"\nlater: shg submit status {folder}\n       shg study report {study_dir}")
+        after_submit(folder, executor, later=(f"shg study report {study_dir}",), log=log)
     return {**result, "folder": folder, "study_dir": study_dir}

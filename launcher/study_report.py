@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shg.study import EVAL_DIRS, read_record, training_finished, variant_finished, \
-    variant_result, write_leaderboard
+from shg.studies.leaderboard import variant_result, write_leaderboard
+from shg.studies.records import EVAL_DIRS, read_record, training_finished, variant_finished
 
 OK_STATES = ("COMPLETED",)
 WAITING = ("PENDING", "REQUEUED", "CONFIGURING", "RESIZING", "SUSPENDED")

@@ -63,11 +63,19 @@ def submit_request(request: SubmitRequest, profile: Profile, executor: str = "sl
     result = submit(stages, profile, executor, request.run_name, dry_run=dry_run, log=log,
                     snapshot=snapshot)
     if not dry_run:
-        if executor == "slurm":
-            log("")
-            status(str(result["folder"]), log=log)
-        log(f"\nlater: shg submit status {result['folder']}")
+        after_submit(result["folder"], executor, log=log)
     return result
+
+
+def after_submit(folder: str | Path, executor: str, later: tuple[str, ...] = (),
+                 log=print) -> None:
+    """What a submission shows once its jobs are queued (`shg submit STAGE`, `shg submit
+    study`): on Slurm the jobs' state, then the commands to follow them (`later`: more of
+    them, after `shg submit status FOLDER`)."""
+    if executor == "slurm":
+        log("")
+        status(str(folder), log=log)
+    log("\nlater: " + "\n       ".join([f"shg submit status {folder}", *later]))
 
 
 def _dependency(stage: Stage, ids: dict[str, list[str]] | None = None) -> dict:

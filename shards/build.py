@@ -30,6 +30,7 @@ from . import plan_cache
 from .coco import SKIP_REASONS, ImageJob, Plan, annotation_path, make_plan
 from .crop import CropParams, ImageSkip, crop_box, cut, open_for_crops, to_crop
 from .manifest import MANIFEST, DataError, read_manifest
+from .labelstudio import make_labelstudio_plan
 from .mpii import make_mpii_plan
 
 # Lossless either way. Measured on 256x256 crops here: zlib level 1, Huffman-only coding and
@@ -39,7 +40,7 @@ from .mpii import make_mpii_plan
 PNG_COMPRESS_LEVEL = 1
 
 
-FORMATS = ("coco", "mpii")
+FORMATS = ("coco", "mpii", "labelstudio")
 
 
 @dataclass
@@ -50,7 +51,8 @@ class BuildOptions:
     split: str = ""
     out: str = ""
     ann: str = ""
-    """The annotation file (any layout in COCO format, or MPII's JSON with format="mpii")."""
+    """The annotation file (any layout in COCO format, MPII's JSON with format="mpii", or
+    Label Studio's JSON export with format="labelstudio")."""
     images: str = ""
     """The folder the annotation file's image names are relative to."""
     format: str = "coco"
@@ -83,8 +85,8 @@ class BuildOptions:
             raise DataError(f"format {self.format!r}; valid: {', '.join(FORMATS)}")
         if bool(self.ann) != bool(self.images) or not (self.ann or self.coco_root):
             raise DataError("give --coco ROOT, or --ann FILE with --images DIR")
-        if self.format == "mpii" and not self.ann:
-            raise DataError("--format mpii needs --ann FILE --images DIR")
+        if self.format in ("mpii", "labelstudio") and not self.ann:
+            raise DataError(f"--format {self.format} needs --ann FILE --images DIR")
         if self.crop_size < 64 or self.crop_size % 64:
             raise DataError(f"crop size must be a multiple of 64 (64, 128, 192, 256, ...), "
                             f"not {self.crop_size}")
@@ -118,6 +120,9 @@ class BuildOptions:
         if self.format == "mpii":
             return make_mpii_plan(self.annotation_file, self.image_root, self.split,
                                   self.min_keypoints, self.seed, self.schema or None)
+        if self.format == "labelstudio":
+            return make_labelstudio_plan(self.annotation_file, self.image_root, self.split,
+                                         self.min_keypoints, self.seed, self.schema or None)
         return make_plan(self.annotation_file, self.split, self.min_keypoints, self.seed,
                          self.category or None, self.schema or None)
 
@@ -196,6 +201,87 @@ def _crop_image(args: tuple[str, ImageJob, CropParams, int]) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- writing one shard
+
+class ShardWriter:
+    """One shard being written: samples go into DIR/{split}-{i:06d}.tar.tmp while their counts
+    and pixel statistics accumulate; `close` writes the shard's index and its part file
+    (statistics and the plan-level facts `shared`: num_shards, plan, crop) and only then renames
+    the tar, so a shard that exists always has both; `abort` removes the unfinished tar."""
+
+    def __init__(self, out: Path, split: str, index: int, shared: dict):
+        import webdataset as wds
+
+        self.out, self.split, self.index, self.shared = out, split, index, shared
+        self.tmp = out / (shard_name(split, index) + ".tmp")
+        self.stream = open(self.tmp, "wb")
+        self.writer = wds.TarWriter(self.stream, encoder=False)
+        self.count = 0
+        self.skipped: Counter = Counter()
+        self.skipped_images: Counter = Counter()
+        self.rgb_sum, self.rgb_sq, self.pixels = np.zeros(3), np.zeros(3), 0
+
+    def write(self, result: dict) -> None:
+        """The samples and statistics of one image (a `_crop_image` result)."""
+        for sample in result["samples"]:
+            self.writer.write(sample)
+        self.count += len(result["samples"])
+        self.rgb_sum += result["rgb_sum"]
+        self.rgb_sq += result["rgb_sq"]
+        self.pixels += result["pixels"]
+
+    def skip(self, reason: str, persons: int) -> None:
+        """An image left out (`persons` planned samples lost) for `reason`."""
+        self.skipped[reason] += persons
+        self.skipped_images[reason] += 1
+
+    def close(self) -> None:
+        self.writer.close()
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        final = self.out / shard_name(self.split, self.index)
+        # the index is written before the rename too: a shard that exists has its index
+        shard_index.write(final, shard_index.scan(self.tmp))
+        part = {
+            "shard": shard_name(self.split, self.index), "index": self.index,
+            "num_shards": self.shared["num_shards"], "num_samples": self.count,
+            "bytes": self.tmp.stat().st_size,
+            "skipped": dict(self.skipped), "skipped_images": dict(self.skipped_images),
+            "rgb_sum": self.rgb_sum.tolist(), "rgb_sq": self.rgb_sq.tolist(),
+            "pixels": self.pixels,
+            # Plan-level facts, identical in every part of a split:
+            "plan": self.shared["plan"],
+            "crop": self.shared["crop"],
+        }
+        # The part is written before the rename: a shard that exists always has its statistics.
+        atomic.write_json(_part_path(self.out, self.split, self.index), part)
+        os.replace(self.tmp, final)
+
+    def abort(self) -> None:
+        """Never leave a half-written shard behind."""
+        if not self.stream.closed:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - the file is deleted next anyway
+                pass
+            self.stream.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def _shared_facts(plan: Plan, params: CropParams, num_shards: int, fingerprint: dict) -> dict:
+    """What every part file of a split repeats: the plan's facts and the crop settings."""
+    return {"num_shards": num_shards,
+            "plan": {"fingerprint": fingerprint,
+                     "annotation_file": plan.annotation_file,
+                     "annotation_sha256": plan.annotation_sha256,
+                     "planned_persons": plan.num_persons, "planned_images": plan.num_images,
+                     "filtered": dict(plan.filtered), "skipped": dict(plan.skipped),
+                     "dropped_keypoints": dict(plan.dropped_keypoints),
+                     "schema": plan.schema.to_dict()},
+            "crop": asdict(params)}
+
+
 # ---------------------------------------------------------------- build
 
 def build(opts: BuildOptions, params: CropParams | None = None, log=print) -> dict:
@@ -220,79 +306,77 @@ def build(opts: BuildOptions, params: CropParams | None = None, log=print) -> di
     mine = [i for i in range(len(shards)) if i % opts.num_tasks == opts.task_index]
     todo = [i for i in mine if not (out / shard_name(opts.split, i)).exists()
             or not _part_path(out, opts.split, i).exists()]
-    image_root = opts.image_root
     if len(todo) < len(mine):
         log(f"{len(mine) - len(todo)} of {len(mine)} shards already complete, skipping them")
 
-    jobs = [(i, job) for i in todo for job in shards[i]]
-    total = sum(len(job.persons) for _, job in jobs)
+    shared = _shared_facts(plan, params, len(shards), fingerprint)
     t0 = time.perf_counter()
-    written = 0
-    skipped_here: Counter = Counter()
-    first_offender = None
+    counts = _write_shards(opts, params, out, todo, shards, shared)
+    elapsed = time.perf_counter() - t0
+    written = counts["written"]
+    summary = {"split": opts.split, "task_index": opts.task_index, "num_tasks": opts.num_tasks,
+               "shards_built": len(todo), "crops_written": written,
+               "seconds": round(elapsed, 3),
+               "crops_per_second": round(written / elapsed, 1) if elapsed > 0 else None,
+               "skipped_this_task": dict(counts["skipped"]),
+               "first_offender": counts["first_offender"]}
+    if opts.num_tasks == 1:
+        summary["manifest"] = finalize(out, opts.split)
+    return summary
+
+
+def _write_shards(opts: BuildOptions, params: CropParams, out: Path, todo: list[int],
+                  shards: list, shared: dict) -> dict:
+    """Crop the images of the shards `todo` (in worker processes) and write each shard in
+    turn; a shard planned empty is written empty. Returns the samples written, the skipped
+    persons by reason and the first skipped input."""
+    jobs = [(i, job) for i in todo for job in shards[i]]
+    counts = {"written": 0, "skipped": Counter(), "first_offender": None}
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="crop", desc=f"{opts.split} task {opts.task_index}",
-               disable=not opts.progress, mininterval=1.0)
+    bar = tqdm(total=sum(len(job.persons) for _, job in jobs), unit="crop",
+               desc=f"{opts.split} task {opts.task_index}", disable=not opts.progress,
+               mininterval=1.0)
     pool = get_context("fork").Pool(opts.workers) if opts.workers > 1 and len(jobs) > 1 else None
-    state: dict | None = None
+    shard: ShardWriter | None = None
     try:
-        work = ((str(image_root), job, params, opts.png_level) for _, job in jobs)
+        root = str(opts.image_root)
+        work = ((root, job, params, opts.png_level) for _, job in jobs)
         results = pool.imap(_crop_image, work, chunksize=4) if pool else map(_crop_image, work)
         for (index, job), res in zip(jobs, results):
-            if state is None or state["index"] != index:
-                if state is not None:
-                    _close_shard(state, out, opts.split, plan, params, len(shards), fingerprint)
-                state = _open_shard(out, opts.split, index)
+            if shard is None or shard.index != index:
+                if shard is not None:
+                    shard.close()
+                shard = ShardWriter(out, opts.split, index, shared)
             if res["skip"]:
                 reason, message = res["skip"]
                 if opts.strict:
                     raise StrictError(f"--strict: {message}")
-                state["skipped"][reason] += len(job.persons)
-                state["skipped_images"][reason] += 1
-                skipped_here[reason] += len(job.persons)
-                first_offender = first_offender or message
-            for sample in res["samples"]:
-                state["writer"].write(sample)
-            state["count"] += len(res["samples"])
-            state["rgb_sum"] += res["rgb_sum"]
-            state["rgb_sq"] += res["rgb_sq"]
-            state["pixels"] += res["pixels"]
-            written += len(res["samples"])
+                shard.skip(reason, len(job.persons))
+                counts["skipped"][reason] += len(job.persons)
+                counts["first_offender"] = counts["first_offender"] or message
+            shard.write(res)
+            counts["written"] += len(res["samples"])
             bar.update(len(job.persons))
-        if state is not None:
-            _close_shard(state, out, opts.split, plan, params, len(shards), fingerprint)
-            state = None
+        if shard is not None:
+            shard.close()
         for index in todo:
             if not shards[index]:
-                _close_shard(_open_shard(out, opts.split, index), out, opts.split, plan, params,
-                             len(shards), fingerprint)
+                shard = ShardWriter(out, opts.split, index, shared)
+                shard.close()
     except BaseException:
         if pool:
             pool.terminate()
-        if state is not None and not state["stream"].closed:
-            try:
-                state["writer"].close()
-            except Exception:  # noqa: BLE001 - the file is deleted next anyway
-                pass
-            state["stream"].close()  # never leave a half-written shard behind
-            state["tmp"].unlink(missing_ok=True)
+        if shard is not None:
+            shard.abort()
         raise
     finally:
         bar.close()
         if pool:
             pool.close()
             pool.join()
-    elapsed = time.perf_counter() - t0
-    summary = {"split": opts.split, "task_index": opts.task_index, "num_tasks": opts.num_tasks,
-               "shards_built": len(todo), "crops_written": written,
-               "seconds": round(elapsed, 3),
-               "crops_per_second": round(written / elapsed, 1) if elapsed > 0 else None,
-               "skipped_this_task": dict(skipped_here), "first_offender": first_offender}
-    if opts.num_tasks == 1:
-        summary["manifest"] = finalize(out, opts.split)
-    return summary
+    return counts
 
 
 def _check_existing_parts(out: Path, split: str, fingerprint: dict) -> None:
@@ -303,48 +387,6 @@ def _check_existing_parts(out: Path, split: str, fingerprint: dict) -> None:
             raise DataError(f"{out}: holds '{split}' shards built from other annotations or "
                             f"settings ({part.name}: {old} vs now {fingerprint}); remove them "
                             "or choose another --out")
-
-
-def _open_shard(out: Path, split: str, index: int) -> dict:
-    import webdataset as wds
-
-    tmp = out / (shard_name(split, index) + ".tmp")
-    stream = open(tmp, "wb")
-    return {"index": index, "tmp": tmp, "stream": stream,
-            "writer": wds.TarWriter(stream, encoder=False), "count": 0,
-            "skipped": Counter(), "skipped_images": Counter(),
-            "rgb_sum": np.zeros(3), "rgb_sq": np.zeros(3), "pixels": 0}
-
-
-def _close_shard(state: dict, out: Path, split: str, plan: Plan, params: CropParams,
-                 num_shards: int, fingerprint: dict) -> None:
-    state["writer"].close()
-    state["stream"].flush()
-    os.fsync(state["stream"].fileno())
-    state["stream"].close()
-    final = out / shard_name(split, state["index"])
-    # the index is written before the rename too: a shard that exists has its index
-    shard_index.write(final, shard_index.scan(state["tmp"]))
-    part = {
-        "shard": shard_name(split, state["index"]), "index": state["index"],
-        "num_shards": num_shards, "num_samples": state["count"],
-        "bytes": state["tmp"].stat().st_size,
-        "skipped": dict(state["skipped"]), "skipped_images": dict(state["skipped_images"]),
-        "rgb_sum": state["rgb_sum"].tolist(), "rgb_sq": state["rgb_sq"].tolist(),
-        "pixels": state["pixels"],
-        # Plan-level facts, identical in every part of a split:
-        "plan": {"fingerprint": fingerprint,
-                 "annotation_file": plan.annotation_file,
-                 "annotation_sha256": plan.annotation_sha256,
-                 "planned_persons": plan.num_persons, "planned_images": plan.num_images,
-                 "filtered": dict(plan.filtered), "skipped": dict(plan.skipped),
-                 "dropped_keypoints": dict(plan.dropped_keypoints),
-                 "schema": plan.schema.to_dict()},
-        "crop": asdict(params),
-    }
-    # The part is written before the rename: a shard that exists always has its statistics.
-    atomic.write_json(_part_path(out, split, state["index"]), part)
-    os.replace(state["tmp"], final)
 
 
 # ---------------------------------------------------------------- finalize

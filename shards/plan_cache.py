@@ -52,7 +52,7 @@ def inputs_key(opts) -> dict:
             "min_keypoints": opts.min_keypoints, "seed": opts.seed,
             "category": opts.category,
             "schema_file": _file_sha256(Path(opts.schema)) if opts.schema else None,
-            "images": str(opts.image_root) if opts.format == "mpii" else None}
+            "images": str(opts.image_root) if opts.format in ("mpii", "labelstudio") else None}
 
 
 def task_plan(opts, out: Path) -> tuple[Plan, list]:

@@ -375,6 +375,14 @@ def samples_by_key(root: str | Path, split: str, keys, members=("png", "json")) 
     return found
 
 
+def crops_by_key(root: str | Path, split: str, keys) -> dict:
+    """The stored crops (HxWx3 uint8) of the given sample keys (only their bytes are read)."""
+    from .sample import decode_png
+
+    return {key: decode_png(raw["png"])
+            for key, raw in samples_by_key(root, split, keys, ("png",)).items()}
+
+
 def split_members(root: str | Path, split: str, member: str = "json") -> Iterator[dict]:
     """Every sample of a split, in manifest order, with one member only (e.g. the JSON
     metadata without the image): {"__key__", "__url__", member: bytes}."""

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from shards.build import BuildOptions, build
 
-from . import ae_study
 from .analysis.latent import LatentOptions, run_latent
 from .analysis.skeletons import SkeletonOptions, run_skeletons
 from .analysis.skips import SkipOptions, run_skips
@@ -23,6 +22,7 @@ from .config import load_config
 from .errors import EXIT_USAGE, USER_ERRORS, UserError, one_line
 from .evaluation.runner import EvalOptions, print_summary, run_eval
 from .inference.command import PredictOptions, run_predict
+from .studies import ae_compare
 from .synth import SynthOptions, synthesize
 from .training import run as run_training
 from .weights import export
@@ -118,11 +118,11 @@ def run_demo(out: str, train_images: int = 600, val_images: int = 100,
     short = [f"eval.every_steps={every}", f"checkpoint.every_steps={every}",
              "optim.schedule=constant", "optim.warmup_steps=0"]
     stage("AE phase 1", "a denoising AE on the frozen SHG's bottleneck latents")
-    ae_study.phase1(str(run), [f"train.max_steps={ae_steps}", "optim.lr=1e-3", *short,
-                               *overrides])
+    ae_compare.phase1(str(run), [f"train.max_steps={ae_steps}", "optim.lr=1e-3", *short,
+                                 *overrides])
     stage("AE phase 2 + baseline", "SHG + AE vs the plain SHG trained as long")
-    ae_study.compare(str(run), f"{run}-ae", str(root / "ae_compare"),
-                     [f"train.max_steps={ae_steps}", "optim.lr=2.5e-4", *short, *overrides])
+    ae_compare.compare(str(run), f"{run}-ae", str(root / "ae_compare"),
+                       [f"train.max_steps={ae_steps}", "optim.lr=2.5e-4", *short, *overrides])
     stage.end()
     print("\n=== done")
     print(f"everything is under {root}/:")

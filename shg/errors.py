@@ -24,6 +24,10 @@ class UserError(Exception):
     """An error whose message alone tells the user what to do (printed as one line)."""
 
 
+class ConfigError(UserError, ValueError):
+    """A config (or profile, or study file) value that cannot work; the message names the key."""
+
+
 USER_ERRORS = (UserError, DataError)
 """What entry points turn into one line and EXIT_USAGE."""
 

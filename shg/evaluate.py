@@ -34,13 +34,10 @@ from .evaluation.protocol import Protocol
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", help="run directory (its best/ model unless --step)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--best", action="store_true", help="the best-by-PCK model (default)")
-    g.add_argument("--step", type=int, help="the checkpoint of this step")
-    g.add_argument("--best-by-loss", action="store_true",
-                   help="the model with the lowest validation loss (to compare the rules)")
-    p.add_argument("--model", help="a .safetensors from `shg export` instead of --run")
+    add_model_arguments(
+        p, "run directory (its best/ model unless --step)",
+        model_help="a .safetensors from `shg export` instead of --run",
+        best_by_loss="the model with the lowest validation loss (to compare the rules)")
     p.add_argument("--shards", help="shard directory (persons = the ground-truth boxes)")
     p.add_argument("--boxes", help="a detector's boxes (COCO detection-results JSON) to "
                    "evaluate on instead of the ground-truth boxes; needs --coco")
@@ -68,6 +65,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="heatmap refinement (default: quarter-cell shift)")
     add_device_arguments(p)
     add_protocol_arguments(p)
+
+
+MODEL_RULES = {"best": "the best-by-PCK model (default)", "step": "the checkpoint of this step",
+               "best_by_loss": "the model with the lowest validation loss"}
+"""Which model of a run: its best/ (the default), a checkpoint, or its best_by_loss/."""
+
+
+def add_model_arguments(p: argparse.ArgumentParser, run_help: str, *, run_required: bool = False,
+                        model_help: str | None = None, rules: tuple[str, ...] = tuple(MODEL_RULES),
+                        **helps: str | None) -> None:
+    """The model a command runs (shg eval, export and analyze; python -m shg.evaluate): --run
+    RUN, which of its models as one of --best | --step N | --best-by-loss (`rules`: those
+    offered; `helps`: a rule's own help text, by its name), and --model FILE instead of a run
+    where `model_help` is given. model_rule() reads the choice back."""
+    p.add_argument("--run", required=run_required, help=run_help)
+    g = p.add_mutually_exclusive_group()
+    for rule in rules:
+        text = helps.get(rule, MODEL_RULES[rule])
+        if rule == "step":
+            g.add_argument("--step", type=int, help=text)
+        else:
+            g.add_argument(f"--{rule.replace('_', '-')}", action="store_true", help=text)
+    if model_help:
+        p.add_argument("--model", help=model_help)
+
+
+def model_rule(args: argparse.Namespace) -> str:
+    """The run's model when no --step is given: "best_by_loss" with --best-by-loss, else
+    "best"."""
+    return "best_by_loss" if getattr(args, "best_by_loss", False) else "best"
 
 
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
@@ -128,7 +155,7 @@ def options(args: argparse.Namespace):
                        max_samples=args.max_samples, num_workers=args.workers,
                        refine=args.decode, protocol=protocol_from(args), boxes=args.boxes,
                        coco_root=args.coco, device=args.device, precision=args.precision,
-                       best="best_by_loss" if args.best_by_loss else "best")
+                       best=model_rule(args))
 
 
 def _results_options(args: argparse.Namespace):

@@ -71,7 +71,7 @@ def hms(seconds: float | None) -> str:
 
 
 def run_progress(run: str | Path, now: float | None = None) -> RunProgress:
-    from .config import ConfigError, load_config
+    from .studies.records import run_config, training_finished
     from .training.metrics_log import read_metrics
 
     run = Path(run)
@@ -79,10 +79,7 @@ def run_progress(run: str | Path, now: float | None = None) -> RunProgress:
     if not (run / "metrics.jsonl").is_file():
         return RunProgress(str(run), "not started")
     rows = read_metrics(run)
-    try:
-        cfg = load_config(run / "config.toml") if (run / "config.toml").is_file() else None
-    except ConfigError:
-        cfg = None
+    cfg = run_config(run)
     steps = [r for r in rows if "loss" in r and "step" in r]
     metric = cfg.eval.select_metric if cfg else None
     vals = [r for r in rows if metric and metric in r]
@@ -109,8 +106,7 @@ def run_progress(run: str | Path, now: float | None = None) -> RunProgress:
         out.last_row_age_s = now - times[-1]
     step_times = [r["time"] for r in steps if "time" in r]
     events = [r.get("event", "") for r in rows]
-    if (run / "summary.json").is_file() and json.loads(
-            (run / "summary.json").read_text()).get("finished"):
+    if training_finished(run):
         out.state = "finished"
     elif events and events[-1].startswith("stopped by"):
         out.state = "stopped"

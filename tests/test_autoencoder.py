@@ -11,9 +11,9 @@ import torch
 
 from helpers import STARTED_OVER, assert_resumed, fault, metrics, run_cli, same, train_here, \
     weights
-from shg import ae_study
 from shg.models import AEPhase1, BottleneckAE, SHGWithAE, StackedHourglass, \
     add_proportional_noise
+from shg.studies import ae_compare
 from shg.weights import load_weights
 
 AE = ["data.num_workers=0", "eval.max_samples=8", "eval.batch_size=8",
@@ -87,7 +87,7 @@ def shg_run(small_shards, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phase1_run(shg_run):
-    return ae_study.phase1(str(shg_run), ["train.max_steps=12", "optim.lr=0.003", *AE])
+    return ae_compare.phase1(str(shg_run), ["train.max_steps=12", "optim.lr=0.003", *AE])
 
 
 def test_phase1_loss_falls_and_reports_reconstruction(phase1_run, shg_run):
@@ -115,7 +115,7 @@ def test_phase2_loads_both_and_resumes_exactly(shg_run, phase1_run, tmp_path, ca
                if k.startswith("ae.")}
     base = [*AE, "train.max_steps=4", "ae.freeze_ae=true"]
     ref = tmp_path / "ref"
-    ae_study.phase2(str(shg_run), str(phase1_run), [f"run_dir={ref}", *base])
+    ae_compare.phase2(str(shg_run), str(phase1_run), [f"run_dir={ref}", *base])
     final = weights(ref, 4)
     assert all(torch.equal(final[f"ae.{k}"], v) for k, v in ae_best.items())  # frozen AE kept
     shg_before = load_weights(shg_run / "best")[0]
@@ -127,7 +127,7 @@ def test_phase2_loads_both_and_resumes_exactly(shg_run, phase1_run, tmp_path, ca
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     capsys.readouterr()
     with fault(STARTED_OVER):
-        ae_study.phase2(str(shg_run), str(phase1_run), [f"run_dir={killed}", *base])
+        ae_compare.phase2(str(shg_run), str(phase1_run), [f"run_dir={killed}", *base])
     assert_resumed(killed, 2, capsys.readouterr().out)
     assert same(weights(killed, 4), final)
     # the fine-tuned model evaluates like any other

@@ -328,7 +328,8 @@ def test_the_evaluation_job_on_a_detectors_boxes(trained_run, small_shards, synt
 def test_study_evaluations_get_the_boxes_and_the_leaderboard_says_so(tmp_path):
     from launcher.profile import load_profile
     from launcher.study import study_stages
-    from shg.study import load_study, write_leaderboard
+    from shg.studies.leaderboard import write_leaderboard
+    from shg.studies.spec import load_study
 
     (tmp_path / "s.toml").write_text('name = "s"\n[grid]\n"optim.lr" = [0.1, 0.2]\n')
     study = load_study(tmp_path / "s.toml")

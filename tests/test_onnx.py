@@ -55,7 +55,7 @@ def test_onnx_export_matches_torch_and_the_readme_decodes_it(trained_run, small_
         np.testing.assert_allclose(got, expected[:n], atol=1e-4, rtol=0)
 
     # the README's lines, run as written on one crop
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "prediction.md").read_text()
     code = re.search(r"```python\n(# decode an exported ONNX model.*?)```", readme, re.S).group(1)
     crop = batch["image"][0].numpy().transpose(1, 2, 0)  # (S, S, 3) uint8 RGB
     scope = {"crop": crop, "x0": 10.0, "y0": 20.0, "side": 128.0}

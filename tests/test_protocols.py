@@ -308,7 +308,7 @@ def test_protocol_and_results_file_errors_are_one_line(tmp_path, capsys):
 
 
 def test_the_leaderboard_shows_crowdpose_ap_by_crowd_index(tmp_path):
-    from shg.study import variant_result, write_leaderboard
+    from shg.studies.leaderboard import variant_result, write_leaderboard
 
     run = tmp_path / "v"
     (run / "eval").mkdir(parents=True)

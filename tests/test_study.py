@@ -15,8 +15,8 @@ from launcher.study import study_stages
 from launcher.study_report import variant_state
 from launcher.submit import sbatch_preview, submit
 from shg.config import ConfigError
-from shg.study import (Variant, VariantResult, check_variants, load_study, variant_overrides,
-                       variant_result, write_leaderboard)
+from shg.studies.leaderboard import VariantResult, variant_result, write_leaderboard
+from shg.studies.spec import Variant, check_variants, load_study, variant_overrides
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -280,7 +280,7 @@ def test_leaderboard_with_no_validated_variant_says_so(tmp_path):
 
 def test_study_report_rebuilds_the_leaderboard_from_the_runs(tmp_path, capsys):
     from shg.cli import main as shg
-    from shg.study import write_record
+    from shg.studies.records import write_record
 
     study = _study(tmp_path, '[variants.low]\n[variants.high]\n"optim.lr" = 0.01\n')
     study_dir = tmp_path / "study"

@@ -1,12 +1,11 @@
 """Shared pieces of the analyses: the model on its device, streaming inference over this rank's
-share of a split, nearest samples and montages."""
+share of a split, nearest samples (montages and plots: shg/visualize.py)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -94,38 +93,3 @@ def nearest(points: np.ndarray, data: np.ndarray, chunk: int = 4096) -> np.ndarr
         best[better] = d[np.arange(len(points)), j][better]
         index[better] = start + j[better]
     return index
-
-
-def draw_tiles(tiles: list, path: Path, cols: int, labels: list[str] | None = None,
-               row_labels: list[str] | None = None, tile: int = 160) -> None:
-    """A montage of RGB arrays (or None for an empty cell)."""
-    from PIL import Image, ImageDraw
-
-    rows = -(-len(tiles) // cols)
-    left = 70 if row_labels else 0
-    canvas = Image.new("RGB", (left + cols * tile, rows * tile), (25, 25, 25))
-    d = ImageDraw.Draw(canvas)
-    for i, t in enumerate(tiles):
-        x, y = left + (i % cols) * tile, (i // cols) * tile
-        if t is not None:
-            canvas.paste(Image.fromarray(t).resize((tile, tile)), (x, y))
-        if labels and labels[i]:
-            d.text((x + 3, y + 3), labels[i], fill=(255, 255, 0))
-    if row_labels:
-        for r, text in enumerate(row_labels):
-            d.text((4, r * tile + tile // 2), text, fill=(255, 255, 255))
-    canvas.save(path)
-
-
-def crop_with_skeleton(crop: np.ndarray, keypoints: np.ndarray, skeleton, visible=None,
-                       colour=(255, 40, 40)) -> np.ndarray:
-    """The crop with its keypoints and the schema's `skeleton` drawn."""
-    from PIL import Image, ImageDraw
-
-    from ..evaluation.report import draw_skeleton
-
-    im = Image.fromarray(crop)
-    vis = np.ones(len(keypoints), bool) if visible is None else np.asarray(visible, bool)
-    draw_skeleton(ImageDraw.Draw(im), np.asarray(keypoints), vis, colour, skeleton)
-    return np.asarray(im)
-

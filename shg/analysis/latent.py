@@ -23,15 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shards.reader import dist_rank_world
+from shards.reader import crops_by_key, dist_rank_world
 from shards.sample import model_input
-
-from ..evaluation.core import gather_list
-from ..evaluation.report import crops_by_key, pyplot
 from shards.schema import stored
 
-from .common import ModelAnalysis, barrier, batches, crop_with_skeleton, describe, \
-    draw_tiles, nearest
+from ..evaluation.core import gather_list
+from ..visualize import crop_with_skeleton, draw_tiles, pyplot, save_figure
+from .common import ModelAnalysis, barrier, batches, describe, nearest
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +129,7 @@ def run_latent(opts: LatentOptions) -> dict:
     ax.legend()
     ax.set_title(f"PCA of {dim}-d bottleneck latents ({n} samples)")
     fig.tight_layout()
-    fig.savefig(out / "explained_variance.png", dpi=100)
-    p.close(fig)
+    save_figure(fig, out / "explained_variance.png")
 
     needed = {keys[mean_idx]} | {keys[i] for i in walk_idx.ravel()}
     crops = crops_by_key(opts.shards, opts.split, needed)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.reader import crops_by_key
 from shards.schema import stored
 
 from ..errors import UserError
-from ..evaluation.report import crops_by_key, pyplot
-from .common import draw_tiles
+from ..visualize import draw_tiles, pyplot, save_figure
 
 
 @dataclass
@@ -139,8 +139,7 @@ def run_skeletons(opts: SkeletonOptions) -> dict:
     ax.legend()
     ax.set_title("K-means on normalised skeletons")
     fig.tight_layout()
-    fig.savefig(out / "silhouette.png", dpi=100)
-    p.close(fig)
+    save_figure(fig, out / "silhouette.png")
 
     for name, res in populations.items():
         k = res["best_k"]
@@ -150,8 +149,7 @@ def run_skeletons(opts: SkeletonOptions) -> dict:
         _draw_mean_skeletons(ax, res["centres"][k], f"{name}: {k} cluster means",
                              schema.skeleton)
         fig.tight_layout()
-        fig.savefig(out / f"clusters_{name}.png", dpi=100)
-        p.close(fig)
+        save_figure(fig, out / f"clusters_{name}.png")
         labels = res["labels"][k]
         rng = np.random.default_rng(opts.seed)
         picks = []

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shards.reader import dist_rank_world
+from shards.reader import crops_by_key, dist_rank_world
 from shards.sample import model_input
 
 from ..errors import UserError
 from ..evaluation.core import gather_list
-from ..evaluation.report import crops_by_key, pyplot
+from ..visualize import pyplot, save_figure
 from .common import ModelAnalysis, batches, describe
 
 log = logging.getLogger(__name__)
@@ -204,8 +204,7 @@ def run_skips(opts: SkipOptions) -> dict:
     ax2.set_ylabel("relative heatmap change", color="r")
     ax1.set_title(f"skip ablation on {n} perfectly predicted samples")
     fig.tight_layout()
-    fig.savefig(out / "skips.png", dpi=100)
-    p.close(fig)
+    save_figure(fig, out / "skips.png")
 
     first = rows[0]["key"]
     crop = crops_by_key(opts.shards, opts.split, {first}).get(first)
@@ -219,7 +218,6 @@ def run_skips(opts: SkipOptions) -> dict:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "skips_heatmaps.png", dpi=100)
-    p.close(fig)
+    save_figure(fig, out / "skips_heatmaps.png")
     (out / "skips.json").write_text(json.dumps(result, indent=1))
     return result

@@ -194,12 +194,18 @@ def predict_rows(model, batches: Iterable[dict], *, schema=None, sigma: float = 
                                     batch["weights"].to(device), reduction="none").cpu()
         crop_size = batch["image"].shape[-1]
         coords, conf = HeatmapCodec(crop_size, sigma=sigma).decode(heat.float().cpu(), refine)
+        # The rows outlive the batch: give them compact copies made once the heatmaps are
+        # freed. Views of the decoder's tensors, allocated while the heatmaps lived, pinned
+        # ~16 KB of heap per row (RSS grew 21 KB per row on 64 px crops; 0.3 KB copied).
+        del heat
+        coords, conf = coords.numpy().copy(), conf.numpy().copy()
+        keypoints = batch["keypoints"].numpy().copy()
         for i, meta in enumerate(batch["meta"]):
-            kps = batch["keypoints"][i].numpy()
+            kps = keypoints[i]
             row = {"index": int(batch["index"][i]), "key": batch["key"][i],
                    "image_id": meta["image_id"], "ann_id": meta["ann_id"],
-                   "pred_crop": coords[i].numpy(), "conf": conf[i].numpy(),
-                   "pred_image": to_image(coords[i].numpy(), meta["affine"]),
+                   "pred_crop": coords[i], "conf": conf[i],
+                   "pred_image": to_image(coords[i], meta["affine"]),
                    "gt_crop": kps[:, :2], "visible": kps[:, 2] > 0,
                    "bbox": meta["bbox"], "affine": meta["affine"], "area": meta["area"],
                    "box_score": meta.get("score", 1.0), "crop_size": crop_size,

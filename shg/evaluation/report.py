@@ -8,43 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.reader import crops_by_key
+
+from ..visualize import crop_with_skeleton, draw_tiles, pyplot, save_figure
 from .coco import ap_text, scale_text
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def draw_skeleton(draw, kps: np.ndarray, visible: np.ndarray, colour, skeleton,
-                  radius: float = 2.5, width: int = 2) -> None:
-    """Draw keypoints and the schema's `skeleton` (joint index pairs) on a PIL ImageDraw (a
-    limb only where both ends are `visible`)."""
-    for a, b in skeleton:
-        if visible[a] and visible[b]:
-            draw.line([tuple(kps[a]), tuple(kps[b])], fill=colour, width=width)
-    for k in range(len(kps)):
-        if visible[k]:
-            x, y = kps[k]
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
-
-
-def crops_by_key(shards: str, split: str, keys: set[str]) -> dict:
-    """The stored crops (HxWx3 uint8) of the given sample keys (only their bytes are read)."""
-    from shards.reader import samples_by_key
-    from shards.sample import decode_png
-
-    return {key: decode_png(raw["png"])
-            for key, raw in samples_by_key(shards, split, keys, ("png",)).items()}
 
 
 def worst_grid(rows: list, shards: str, split: str, path: Path, skeleton,
                count: int = 16) -> None:
-    from PIL import Image, ImageDraw
+    """The `count` crops predicted worst (mean error over the visible joints), 4 a row, with
+    the ground truth in green and the prediction in red."""
 
     def error(r):
         v = r["visible"]
@@ -53,19 +26,14 @@ def worst_grid(rows: list, shards: str, split: str, path: Path, skeleton,
 
     worst = sorted(rows, key=error, reverse=True)[:count]
     crops = crops_by_key(shards, split, {r["key"] for r in worst})
-    cols = 4
-    tile = max([r["crop_size"] for r in worst] or [256])
-    grid = Image.new("RGB", (cols * tile, -(-len(worst) // cols) * tile), (30, 30, 30))
-    for i, r in enumerate(worst):
-        if r["key"] not in crops:
-            continue
-        im = Image.fromarray(crops[r["key"]])
-        d = ImageDraw.Draw(im)
-        draw_skeleton(d, r["gt_crop"], r["visible"], (0, 220, 0), skeleton)
-        draw_skeleton(d, r["pred_crop"], np.ones(len(r["conf"]), bool), (255, 40, 40), skeleton)
-        d.text((4, 4), f"{r['key']}  err {error(r):.1f}px", fill=(255, 255, 0))
-        grid.paste(im, ((i % cols) * tile, (i // cols) * tile))
-    grid.save(path)
+    tiles = [crop_with_skeleton(crop_with_skeleton(crops[r["key"]], r["gt_crop"], skeleton,
+                                                   r["visible"], (0, 220, 0)),
+                                r["pred_crop"], skeleton, colour=(255, 40, 40))
+             if r["key"] in crops else None for r in worst]
+    labels = [f"{r['key']}  err {error(r):.1f}px" if r["key"] in crops else "" for r in worst]
+    draw_tiles(tiles, path, cols=4, labels=labels,
+               tile=max([r["crop_size"] for r in worst] or [256]), background=(30, 30, 30),
+               label_at=4)
 
 
 def write_report(rows: list, summary: dict, out: Path, shards: str, split: str,
@@ -90,8 +58,7 @@ def write_report(rows: list, summary: dict, out: Path, shards: str, split: str,
     ax.legend()
     ax.set_title("PCK per joint")
     fig.tight_layout()
-    fig.savefig(out / "pck_per_joint.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "pck_per_joint.png")
 
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, data in norms.items():
@@ -103,8 +70,7 @@ def write_report(rows: list, summary: dict, out: Path, shards: str, split: str,
     ax.legend()
     ax.set_title("PCK curves")
     fig.tight_layout()
-    fig.savefig(out / "pck_curve.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "pck_curve.png")
 
     worst_grid(rows, shards, split, out / "worst_cases.png", schema.skeleton)
 

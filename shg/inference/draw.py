@@ -22,7 +22,7 @@ def draw_persons(image, results: list, skeleton, min_score: float, boxes: bool) 
     """Skeletons (and boxes) of COCO keypoint results on a PIL image, in place."""
     from PIL import ImageDraw
 
-    from ..evaluation.report import draw_skeleton
+    from ..visualize import draw_skeleton
 
     d = ImageDraw.Draw(image)
     w, h = image.size

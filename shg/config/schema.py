@@ -1,24 +1,23 @@
-"""Training configuration: nested dataclasses read from TOML, with `section.key=value` overrides.
+"""The training run's configuration schema: nested dataclasses, one per `[section]` of a
+config TOML, with their defaults and checks.
 
-Every field is documented where it is declared; `__post_init__` checks values. An unknown key is
-an error that lists the valid ones. The resolved configuration is written to RUN/config.toml.
+Every field is documented where it is declared; `__post_init__` checks values (cross-field
+checks in RunConfig's). Reading TOML files and `section.key=value` overrides into these classes
+is shg/config/loader.py's job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.sample import SampleConfig
 
-from .errors import UserError
+from ..errors import ConfigError
 
-
-class ConfigError(UserError, ValueError):
-    """A config (or profile) value that cannot work; the message names the key."""
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+"""Values of mixed_precision (a training config's, a Slurm profile's)."""
 
 
 def _choice(name: str, value, options) -> None:
@@ -308,7 +307,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choice("task", self.task, ("pose", "ae", "pose_ae"))
-        _choice("mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
+        _choice("mixed_precision", self.mixed_precision, PRECISIONS)
         # cross-field checks: a run that cannot work fails when its config is read
         if self.task in ("ae", "pose_ae") and not self.ae.shg_from:
             raise ConfigError(f"task={self.task} needs ae.shg_from (the trained SHG run)")
@@ -321,124 +320,3 @@ class RunConfig:
                 self.distributed.deepspeed_config).is_file():
             raise ConfigError(f"distributed.deepspeed_config: {self.distributed.deepspeed_config}"
                               " not found")
-
-
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-"""x86 CPU flags of native bf16 arithmetic (what makes bf16 autocast faster than fp32)."""
-
-
-def native_bf16(cpuinfo: str | None = None) -> bool:
-    """Does this machine compute bf16 natively (so autocast speeds training up)? A GPU answers
-    for itself; a CPU by the flags in /proc/cpuinfo (or the `cpuinfo` text given)."""
-    import torch
-
-    if cpuinfo is None:
-        if torch.cuda.is_available():
-            return torch.cuda.is_bf16_supported()
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags")
-             for flag in line.partition(":")[2].split()}
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
-
-
-def resolve_precision(value: str) -> str:
-    return ("bf16" if native_bf16() else "no") if value == "auto" else value
-
-
-# ----------------------------------------------------------------------------- loading
-
-def _coerce(name: str, value, kind):
-    origin = typing.get_origin(kind)
-    if dataclasses.is_dataclass(kind):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} is a section; give it as [{name}] or {name}.key=value")
-        return _build(kind, value, name + ".")
-    if origin is list:
-        (item,) = typing.get_args(kind)
-        if not isinstance(value, list):
-            raise ConfigError(f"{name} must be a list, not {value!r}")
-        return [_coerce(f"{name}[]", v, item) for v in value]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind in (int, float, str, bool) and (type(value) is not kind):
-        raise ConfigError(f"{name} must be {kind.__name__}, not {value!r}")
-    return value
-
-
-def _build(cls, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; valid keys"
-                          f"{' in [' + prefix[:-1] + ']' if prefix else ''}: "
-                          + ", ".join(names))
-    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
-    return cls(**kwargs)
-
-
-def flatten(table: dict, prefix: str = "") -> dict:
-    """{'model': {'skips': False}} -> {'model.skips': False}: the dotted keys of a nested table
-    (a config, a study's grid or variant)."""
-    out = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _parse_value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string: run_dir=runs/x
-
-
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not section.key=value")
-        node = values
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = _parse_value(text.strip())
-    return values
-
-
-def read_toml(path: str | Path, what: str = "config file") -> dict:
-    """A TOML file's table; a missing or invalid file is a one-line error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-
-
-def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
-    values = read_toml(path) if path else {}
-    values = apply_overrides(values, list(overrides))
-    try:
-        return _build(cls, values)
-    except ConfigError as exc:
-        raise ConfigError(f"{path or 'config'}: {exc}") from None
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def dump_toml(cfg) -> str:
-    import tomli_w
-
-    return tomli_w.dumps(to_dict(cfg))

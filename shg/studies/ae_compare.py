@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from shards import atomic
-
-from .errors import UserError
+from ..errors import UserError
+from ..visualize import pyplot, save_figure
+from .records import run_config
+from .tables import markdown_table, write_tables
 
 
 def phase_overrides(phase: str, run: str, ae_run: str = "") -> tuple[str, list[str]]:
@@ -40,7 +41,8 @@ def phase_overrides(phase: str, run: str, ae_run: str = "") -> tuple[str, list[s
     raise UserError(f"unknown AE phase {phase!r}; valid: train, finetune, baseline")
 
 
-def run_config(run: str) -> Path:
+def config_file(run: str) -> Path:
+    """RUN/config.toml of the SHG run every phase starts from."""
     config = Path(run) / "config.toml"
     if not config.is_file():
         raise UserError(f"{run}: no config.toml (is it a `shg train` run directory?)")
@@ -51,12 +53,12 @@ def _train(phase: str, run: str, ae_run: str, overrides: list[str], nproc: int) 
     """One phase as a training run of its own: in this process on one process (as `shg train`
     does), else as `nproc` new processes. DeepSpeed runs always get a process of their own
     (DeepSpeed may abort at interpreter exit, see shg/training/entry.py)."""
-    from .config import load_config
-    from .training import run as run_training
-    from .training.launch import train_processes
+    from ..config import load_config
+    from ..training import run as run_training
+    from ..training.launch import train_processes
 
     out, phase_args = phase_overrides(phase, run, ae_run)
-    config = str(run_config(run))
+    config = str(config_file(run))
     args = ["checkpoint.resume=auto", *phase_args, *overrides]
     cfg = load_config(config, args)  # a bad override stops here, before anything trains
     if nproc == 1 and not cfg.distributed.deepspeed_config:
@@ -82,7 +84,7 @@ def baseline(run: str, overrides: list[str], nproc: int = 1) -> Path:
 
 
 def _validations(run: Path) -> list[dict]:
-    from .training.metrics_log import read_metrics
+    from ..training.metrics_log import read_metrics
 
     return [r for r in read_metrics(run) if "val_loss" in r]
 
@@ -97,7 +99,6 @@ def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str
     """compare.{json,md,png} in `out` from the baseline and the phase-2 run's metrics."""
     base, finetuned = Path(base), Path(finetuned)
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = {}
     for name, path in (("baseline (continue SHG)", base), ("SHG + AE (phase 2)", finetuned)):
         vals = _validations(path)
@@ -110,27 +111,21 @@ def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str
                        "best_score": best["best_score"],
                        "curve": [{"step": r["step"], "val_loss": r["val_loss"],
                                   **{k: r[k] for k in pck_keys}} for r in vals]}
-    atomic.write_json(out_dir / "compare.json", table, indent=1)
     names = list(table)
     keys = list(table[names[0]]["final"])
-    lines = ["| metric | " + " | ".join(names) + " | difference |", "|---|---|---|---|"]
+    rows = []
     for k in ["steps", *keys, "best_score"]:
         a = table[names[0]]["steps"] if k == "steps" else (
             table[names[0]]["best_score"] if k == "best_score" else table[names[0]]["final"][k])
         b = table[names[1]]["steps"] if k == "steps" else (
             table[names[1]]["best_score"] if k == "best_score" else table[names[1]]["final"][k])
-        lines.append(f"| {k} | {a:.4g} | {b:.4g} | {b - a:+.4g} |")
-    text = "\n".join(lines)
-    atomic.write_text(
-        out_dir / "compare.md",
-        f"# Bottleneck AE vs longer training\n\nBoth start from `{run}` and train the same "
-        "number of steps with the same data order and schedule.\n\n" + text + "\n\n"
-        "![validation curves](compare.png)\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        rows.append([k, f"{a:.4g}", f"{b:.4g}", f"{b - a:+.4g}"])
+    lines = markdown_table(["metric", *names, "difference"], rows)
+    write_tables(out_dir, "compare", table, [
+        "# Bottleneck AE vs longer training", "",
+        f"Both start from `{run}` and train the same number of steps with the same data order "
+        "and schedule.", "", *lines, "", "![validation curves](compare.png)", ""])
+    plt = pyplot()
     select = _selection_metric(finetuned, keys)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for name in names:
@@ -144,20 +139,13 @@ def write_comparison(run: str, base: Path | str, finetuned: Path | str, out: str
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()
-    with atomic.atomic_path(out_dir / "compare.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    logging.getLogger(__name__).info("%s", text)
+    save_figure(fig, out_dir / "compare.png", dpi=100)
+    logging.getLogger(__name__).info("%s", "\n".join(lines))
     return table
 
 
 def _selection_metric(run: Path, keys: list[str]) -> str:
     """The metric the phase-2 run selects by (its eval.select_metric), as the leaderboard
     uses; the last PCK key when its config cannot be read."""
-    from .config import ConfigError, load_config
-
-    try:
-        metric = load_config(run / "config.toml").eval.select_metric
-    except (ConfigError, OSError):
-        metric = None
-    return metric if metric in keys else keys[-1]
+    cfg = run_config(run)
+    return cfg.eval.select_metric if cfg and cfg.eval.select_metric in keys else keys[-1]

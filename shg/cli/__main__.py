@@ -1,0 +1,5 @@
+"""`python -m shg.cli ARGS`: the `shg` command."""
+
+from . import run
+
+run()
