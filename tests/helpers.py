@@ -136,6 +136,25 @@ def assert_resumed(run, step: int, output: str, point: Path | None = None) -> No
     assert after and after[0] == step + 1, after[:3]
 
 
+def kill_and_resume(shards, tmp_path, common: list[str], *, kill_at: int, resumes_from: int,
+                    final: int, capsys) -> tuple[Path, Path]:
+    """The exact-resume check: `common` trained uninterrupted (tmp_path/ref) and in a process
+    SIGKILLed at step `kill_at`, then rerun (tmp_path/killed). Asserts the rerun resumed from
+    the checkpoint of step `resumes_from` and ends with the reference's weights at `final`.
+    Returns (ref, killed)."""
+    import signal
+
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    assert train_here(shards, ref, *common) == 0
+    assert train_process(shards, run, *common, faults=f"step:{kill_at}",
+                         check=False).returncode == -signal.SIGKILL
+    capsys.readouterr()
+    assert train_here(shards, run, *common, faults=STARTED_OVER) == 0
+    assert_resumed(run, resumes_from, capsys.readouterr().out)
+    assert same(weights(run, final), weights(ref, final))
+    return ref, run
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600
             ) -> subprocess.CompletedProcess:
     """`python -m shg.cli ARGS` in a new process."""

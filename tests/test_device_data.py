@@ -81,22 +81,13 @@ def test_augment_on_auto_resolves_by_device_and_bad_values_are_named():
 
 @pytest.mark.slow
 def test_training_with_device_augmentation_resumes_exactly(small_shards, tmp_path, capsys):
-    import signal
-
-    from helpers import STARTED_OVER, assert_resumed, metrics, same, train_here, \
-        train_process, weights
+    from helpers import kill_and_resume, metrics, same, train_here, weights
 
     common = ["train.max_steps=4", "eval.every_steps=100", "checkpoint.every_steps=2",
               "data.augment_on=device"]
-    assert train_here(small_shards, tmp_path / "ref", *common) == 0
+    kill_and_resume(small_shards, tmp_path, common, kill_at=3, resumes_from=2, final=4,
+                    capsys=capsys)
     assert 'augment_on = "device"' in (tmp_path / "ref" / "config.toml").read_text()
-    run = tmp_path / "killed"
-    assert train_process(small_shards, run, *common, faults="step:3",
-                         check=False).returncode == -signal.SIGKILL
-    capsys.readouterr()
-    assert train_here(small_shards, run, *common, faults=STARTED_OVER) == 0
-    assert_resumed(run, 2, capsys.readouterr().out)
-    assert same(weights(run, 4), weights(tmp_path / "ref", 4))
     losses = [r["loss"] for r in metrics(tmp_path / "ref") if "loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
     # the loader path trains on other pixels (OpenCV's rounding): a different run

@@ -5,15 +5,13 @@ Run where a GPU is: `.venv/bin/python -m pytest -m gpu tests/test_gpu.py`."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import STARTED_OVER, assert_resumed, metrics, same, train_here, train_process, \
-    weights
+from helpers import kill_and_resume, metrics, train_here, train_process, weights
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -28,16 +26,10 @@ def test_bf16_training_on_cuda_killed_then_resumed_is_bit_identical(small_shards
     # ops (conv, BatchNorm, MaxPool2d, nearest upsampling) all have deterministic CUDA kernels.
     common = ["train.max_steps=6", "eval.every_steps=3", "checkpoint.every_steps=2",
               f"data.augment_on={augment_on}", *GPU]
-    assert train_here(small_shards, tmp_path / "ref", *common) == 0
+    kill_and_resume(small_shards, tmp_path, common, kill_at=5, resumes_from=4, final=6,
+                    capsys=capsys)
     config = (tmp_path / "ref" / "config.toml").read_text()
     assert f'augment_on = "{augment_on}"' in config and 'mixed_precision = "bf16"' in config
-    run = tmp_path / "killed"
-    assert train_process(small_shards, run, *common, faults="step:5",
-                         check=False).returncode == -signal.SIGKILL
-    capsys.readouterr()
-    assert train_here(small_shards, run, *common, faults=STARTED_OVER) == 0
-    assert_resumed(run, 4, capsys.readouterr().out)
-    assert same(weights(run, 6), weights(tmp_path / "ref", 6))
 
 
 def test_auto_augments_on_the_device_on_cuda(small_shards, tmp_path):

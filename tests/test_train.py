@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from helpers import COMMON, STARTED_OVER, assert_resumed, metrics, same, start_process, \
-    state, train_here, train_process, wait_for_step, weights
+from helpers import COMMON, STARTED_OVER, assert_resumed, kill_and_resume, metrics, same, \
+    start_process, state, train_here, train_process, wait_for_step, weights
 from shg.cli import main as shg
 from shg.training.checkpoint import complete_checkpoints
 from shg.weights import load_weights
@@ -202,8 +202,9 @@ def test_bf16_autocast_keeps_the_loss_curve_of_fp32(synth_shards, tmp_path):
         a, b = sum(fp32[i:i + 4]) / 4, sum(bf16[i:i + 4]) / 4
         # never clearly worse, and not a different curve altogether. The ratio depends on the
         # data order and thread count: over train.seed 0, 1, 2 the 4-step means of bf16 / fp32
-        # ranged 0.81-1.52 on one thread (AMD EPYC with avx512_bf16); without native bf16, bf16 ran 2.5x lower than fp32
-        # in steps 12-15 of this steep start. A broken bf16 path stalls far above fp32.
+        # ranged 0.81-1.52 on one thread (AMD EPYC with avx512_bf16); without native bf16,
+        # bf16 ran 2.5x lower than fp32 in steps 12-15 of this steep start. A broken bf16
+        # path stalls far above fp32.
         assert 0.2 * a <= b <= 1.7 * a, f"steps {i}-{i + 3}: fp32 {a:.4f} vs bf16 {b:.4f}"
     assert sum(bf16[-4:]) <= 1.7 * sum(fp32[-4:])
     assert sum(bf16[-4:]) < 0.1 * bf16[0] * 4  # and it learns
@@ -213,14 +214,8 @@ def test_bf16_autocast_keeps_the_loss_curve_of_fp32(synth_shards, tmp_path):
 def test_grad_accumulation_resumes_exactly(small_shards, tmp_path, capsys):
     common = ["train.max_steps=4", "train.grad_accum=2", "eval.every_steps=100",
               "checkpoint.every_steps=2"]
-    assert train_here(small_shards, tmp_path / "ref", *common) == 0
-    run = tmp_path / "killed"
-    assert train_process(small_shards, run, *common, faults="step:3",
-                         check=False).returncode == -signal.SIGKILL
-    capsys.readouterr()
-    assert train_here(small_shards, run, *common, faults=STARTED_OVER) == 0
-    assert_resumed(run, 2, capsys.readouterr().out)
-    assert same(weights(run, 4), weights(tmp_path / "ref", 4))
+    _, run = kill_and_resume(small_shards, tmp_path, common, kill_at=3, resumes_from=2,
+                             final=4, capsys=capsys)
     assert state(run, 4)["samples_seen"] == 4 * 2 * 2
     # 2 micro-batches a step: the resumed run read on from batch 4, so it cannot have
     # re-used the 2 micro-batches of step 2 (the same weights prove the order too)
